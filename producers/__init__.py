@@ -1,0 +1,1 @@
+"""Ways in: a Redis/Celery producer, a Kafka producer, and the bulk file enqueuer."""

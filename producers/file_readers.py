@@ -1,0 +1,86 @@
+"""Stream rows out of CSV, Parquet or JSON-lines files without loading the whole file."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+FORMATS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+
+
+def detect_format(path: Path) -> str:
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise ValueError(
+            f"{path}: unknown file type {path.suffix!r}; use .csv, .parquet or .jsonl"
+        ) from None
+
+
+def iter_rows(path: Path, fmt: str | None = None) -> Iterator[dict[str, Any]]:
+    """Rows as dicts, in file order. CSV values stay strings (see coerce_row)."""
+    fmt = fmt or detect_format(path)
+    if fmt == "csv":
+        yield from _csv_rows(path)
+    elif fmt == "parquet":
+        yield from _parquet_rows(path)
+    elif fmt == "jsonl":
+        yield from _jsonl_rows(path)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+
+
+def _csv_rows(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            yield {k: (None if v == "" else v) for k, v in row.items()}
+
+
+def _parquet_rows(path: Path, batch_rows: int = 8192) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as parquet:
+        for batch in parquet.iter_batches(batch_size=batch_rows):
+            yield from batch.to_pylist()
+
+
+def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                row = {"__error__": f"line {number}: not JSON ({exc.msg})"}
+            yield row if isinstance(row, dict) else {"__error__": f"line {number}: not an object"}
+
+
+def coerce_row(row: dict[str, Any], schema: dict[str, str]) -> dict[str, Any]:
+    """Parse text values into the schema's types where they parse; leave the rest as they
+    are, so that the worker rejects them with a precise reason."""
+    out: dict[str, Any] = {}
+    for name, type_name in schema.items():
+        value = row.get(name)
+        if isinstance(value, str) and type_name in ("float", "int"):
+            value = _parse_number(value, type_name)
+        out[name] = value
+    return out
+
+
+def _parse_number(text: str, type_name: str) -> Any:
+    """NaN and infinity parse as floats here and are rejected, with a reason, by the worker."""
+    try:
+        return float(text) if type_name == "float" else int(text)
+    except ValueError:
+        return text

@@ -1,0 +1,1 @@
+"""Wire messages (pydantic), database tables (SQLModel), the engine and migrations."""

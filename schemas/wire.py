@@ -1,0 +1,85 @@
+"""The scoring request as it travels on Redis and Kafka, and input checks against a schema."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+MAX_METADATA_BYTES = 4096
+
+# Types a model version may declare for an input field, and the Python types they accept.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "float": (float, int),
+    "int": (int,),
+    "str": (str,),
+    "bool": (bool,),
+}
+
+
+class ScoreRequest(BaseModel):
+    """One scoring request; `request_id` is the idempotency key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str = Field(pattern=REQUEST_ID_PATTERN)
+    model: str = Field(min_length=1, max_length=128)
+    model_version: int | None = Field(default=None, ge=1)
+    inputs: dict[str, Any]
+    priority: int = Field(default=5, ge=0, le=9)
+    deadline_ms: int | None = Field(default=None, gt=0)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_small(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, separators=(",", ":")).encode())
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is {size} bytes; at most {MAX_METADATA_BYTES} allowed")
+        return value
+
+
+class InputError(ValueError):
+    """An input that does not match the model version's declared schema."""
+
+
+def check_inputs(
+    inputs: dict[str, Any], schema: dict[str, str], max_text_chars: int
+) -> dict[str, Any]:
+    """Return `inputs` restricted to the schema's fields, or raise InputError with the reason.
+
+    Rejects missing fields, wrong types (bool is not a number), NaN and infinity, and
+    strings longer than `max_text_chars`. Extra fields are ignored.
+    """
+    problems: list[str] = []
+    clean: dict[str, Any] = {}
+    for name, type_name in schema.items():
+        if name not in inputs or inputs[name] is None:
+            problems.append(f"{name}: missing")
+            continue
+        value = inputs[name]
+        problem = _field_problem(value, type_name, max_text_chars)
+        if problem:
+            problems.append(f"{name}: {problem}")
+        else:
+            clean[name] = float(value) if type_name == "float" else value
+    if problems:
+        raise InputError("; ".join(problems))
+    return clean
+
+
+def _field_problem(value: Any, type_name: str, max_text_chars: int) -> str | None:
+    if isinstance(value, str) and len(value) > max_text_chars:
+        return f"value too long ({len(value)} chars, at most {max_text_chars})"
+    accepted = FIELD_TYPES[type_name]
+    if isinstance(value, bool) and type_name != "bool":
+        return f"expected {type_name}, got bool"
+    if not isinstance(value, accepted):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        return f"expected {type_name}, got {type(value).__name__} {shown}"
+    if type_name == "float" and not math.isfinite(value):
+        return f"not a finite number ({value})"
+    return None

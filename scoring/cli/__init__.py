@@ -1,0 +1,33 @@
+"""The `scoring` command: one entry point for every job (see `scoring --help`)."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from scoring.cli import bulk, db, demo, models, worker
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Score data with PyTorch models behind Redis/Celery and Kafka.",
+)
+app.add_typer(models.app, name="models")
+app.add_typer(db.app, name="db")
+app.command("bulk")(bulk.bulk)
+app.command("demo")(demo.demo)
+app.command("worker")(worker.worker)
+app.command("status")(bulk.status)
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    app()
+
+
+if __name__ == "__main__":
+    main()

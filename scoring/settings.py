@@ -1,0 +1,101 @@
+"""All configuration, read once from SCORING_* environment variables at the entry point."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from scoring import constants as c
+
+
+class Settings(BaseSettings):
+    """Every knob of the system. Defaults suit a laptop; production sets the URLs."""
+
+    model_config = SettingsConfigDict(env_prefix="SCORING_", frozen=True, extra="ignore")
+
+    # --- storage
+    database_url: str = "sqlite:///./scoring.db"
+    model_store: Path = Path("./model-store")
+
+    # --- Redis / Celery
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    requests_queue: str = c.REQUESTS_QUEUE
+    dead_letter_queue: str = c.DEAD_LETTER_QUEUE
+    # Unacked Redis messages come back after this many seconds (celery#4984): keep it above
+    # the worst time a message can spend buffered plus scored.
+    visibility_timeout_s: int = 600
+    # Messages one worker process holds unacknowledged; also celery-batches' flush size.
+    worker_prefetch: int = Field(default=64, ge=1)
+    # Seconds celery-batches waits before flushing a partial buffer.
+    worker_flush_interval_s: float = Field(default=0.05, gt=0)
+
+    # --- Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_topic: str = c.REQUESTS_TOPIC
+    kafka_results_topic: str = c.RESULTS_TOPIC
+    kafka_dlq_topic: str = c.DEAD_LETTER_TOPIC
+    kafka_feedback_topic: str = c.FEEDBACK_TOPIC
+    kafka_group: str = "scoring"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+
+    # --- batching defaults (a model version's own runtime settings take precedence)
+    max_batch_size: int = Field(default=256, ge=1)
+    max_wait_ms: float = Field(default=10.0, ge=0)
+
+    # --- bulk
+    chunk_size: int = Field(default=256, ge=1)
+
+    # --- input limits
+    max_text_chars: int = Field(default=10_000, ge=1)
+    max_metadata_bytes: int = 4096
+
+    # --- resilience
+    db_retries: int = Field(default=5, ge=0)
+    db_retry_backoff_s: float = Field(default=0.5, ge=0)
+
+    # --- runtime
+    torch_threads: int | None = None
+
+    # --- operations
+    flower_auth: SecretStr | None = None
+    flower_port: int = 5555
+    metrics_port: int | None = None
+
+    def celery_config(self) -> dict[str, Any]:
+        """Celery settings that make the Redis path lose nothing (see README, 'Safety')."""
+        return {
+            "broker_url": self.broker_url,
+            "task_serializer": "json",
+            "result_serializer": "json",
+            "accept_content": ["json"],
+            "event_serializer": "json",
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            "task_acks_on_failure_or_timeout": False,
+            "task_ignore_result": True,
+            "worker_prefetch_multiplier": self.worker_prefetch,
+            "worker_send_task_events": True,
+            "task_send_sent_event": False,
+            "task_default_queue": self.requests_queue,
+            "broker_connection_retry_on_startup": True,
+            "broker_transport_options": {
+                "visibility_timeout": self.visibility_timeout_s,
+                "polling_interval": 0.01,
+            },
+            "worker_hijack_root_logger": False,
+        }
+
+    def sqlalchemy_url(self) -> str:
+        return self.database_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,53 @@
+"""Micro-batching as one plain function: fill until `max_size` or `max_wait`, on a clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class Stop:
+    """Sentinel a receive function returns to end batching for good."""
+
+
+STOP = Stop()
+
+Receive = Callable[[float | None], "T | Stop | None"]
+
+
+def next_batch(
+    receive: Callable[[float | None], T | Stop | None],
+    max_size: int,
+    max_wait_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[T] | None:
+    """Block for the first item, then gather more until `max_size` items or `max_wait_s`.
+
+    `receive(timeout)` returns an item, None when `timeout` seconds passed with nothing,
+    or STOP. A timeout of None blocks. The wait is measured from the first item's arrival,
+    so no item waits in the batcher longer than `max_wait_s`; items already waiting are
+    taken even when the wait is spent (a `max_wait_s` of 0 batches what is there). Returns None on STOP with
+    nothing gathered; a STOP that arrives mid-batch ends the batch and is seen next call
+    (the caller's receive must keep returning STOP once stopped).
+    """
+    first = receive(None)
+    while first is None:
+        first = receive(None)
+    if isinstance(first, Stop):
+        return None
+    batch: list[T] = [first]
+    deadline = clock() + max_wait_s
+    while len(batch) < max_size:
+        remaining = max(0.0, deadline - clock())
+        item = receive(remaining)
+        if item is None:
+            if remaining == 0.0:
+                break
+            continue
+        if isinstance(item, Stop):
+            break
+        batch.append(item)
+    return batch

@@ -1,0 +1,105 @@
+"""Start worker processes: one per GPU (pinned before torch loads), or N CPU workers.
+
+Each worker is a separate process started fresh (never forked from a parent that touched
+CUDA), running one Celery worker with the solo pool: its model lives in that process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Celery
+
+
+class LaunchError(RuntimeError):
+    """A worker layout that cannot run here, with what to do instead."""
+
+
+def visible_gpus() -> list[str]:
+    """GPU indices the NVIDIA driver reports, without initialising CUDA in this process."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def plan_workers(
+    cpu: int | None, gpus: str | None, cores: int | None = None
+) -> list[dict[str, str]]:
+    """The environment of each worker process to start: name, GPU pinning, torch threads."""
+    if gpus:
+        wanted = [g.strip() for g in gpus.split(",") if g.strip()]
+        present = visible_gpus()
+        missing = [g for g in wanted if g not in present]
+        if missing:
+            found = ", ".join(present) or "none"
+            raise LaunchError(
+                f"GPU(s) {', '.join(missing)} not found (GPUs here: {found}); "
+                "use --cpu N on a machine without GPUs"
+            )
+        return [{"SCORING_WORKER_NAME": f"gpu{g}", "CUDA_VISIBLE_DEVICES": g} for g in wanted]
+    n = cpu or 1
+    cores = cores or os.cpu_count() or 1
+    threads = max(1, cores // n)
+    return [
+        {
+            "SCORING_WORKER_NAME": f"cpu{i}",
+            "CUDA_VISIBLE_DEVICES": "",
+            "SCORING_TORCH_THREADS": os.environ.get("SCORING_TORCH_THREADS", str(threads)),
+        }
+        for i in range(n)
+    ]
+
+
+def run_one(app: Celery, name: str, queues: Sequence[str], loglevel: str = "INFO") -> None:
+    """Run a Celery worker in this process until it is told to stop (blocks)."""
+    app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            f"--hostname={name}@{socket.gethostname()}",
+            f"--queues={','.join(queues)}",
+            f"--loglevel={loglevel}",
+            "--task-events",
+        ]
+    )
+
+
+def run_many(plans: list[dict[str, str]], argv: list[str]) -> int:
+    """Start one child process per plan (`scoring worker --one ...`) and supervise them."""
+    with _children(plans, argv) as children:
+        codes = [child.wait() for child in children]
+    return max(codes, default=0)
+
+
+@contextmanager
+def _children(plans: list[dict[str, str]], argv: list[str]) -> Any:
+    children = [
+        subprocess.Popen([sys.executable, "-m", "scoring.cli", *argv], env={**os.environ, **plan})
+        for plan in plans
+    ]
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield children
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,137 @@
+"""Write a micro-batch's results and its metrics row in one idempotent transaction."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from schemas.tables import BatchMetric, BulkDuplicate, ScoreResult
+
+log = logging.getLogger(__name__)
+
+RESULT_KEY = ("request_id", "model_name", "model_version")
+
+
+class SinkUnavailable(RuntimeError):
+    """The database refused the batch after every retry; the caller must not ack it."""
+
+
+class ResultSink:
+    """Idempotent upserts: a redelivered request writes nothing new."""
+
+    def __init__(self, engine: Engine, retries: int = 5, backoff_s: float = 0.5) -> None:
+        self.engine = engine
+        self.retries = retries
+        self.backoff_s = backoff_s
+        dialect = engine.dialect.name
+        self._insert = {"postgresql": pg_insert, "sqlite": sqlite_insert}.get(dialect)
+        if self._insert is None:
+            raise ValueError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
+
+    def write(self, results: list[dict[str, Any]], metrics: list[dict[str, Any]]) -> int:
+        """Insert new results (duplicates skipped) and metrics rows; return rows inserted.
+
+        Retries with exponential backoff on connection errors, then raises SinkUnavailable.
+        """
+        unique = _dedupe(results)
+        for attempt in range(self.retries + 1):
+            try:
+                return self._write_once(unique, metrics)
+            except (OperationalError, DBAPIError) as exc:
+                if attempt == self.retries or not _is_transient(exc):
+                    raise SinkUnavailable(f"database write failed: {exc.orig!r}") from exc
+                delay = self.backoff_s * 2**attempt
+                log.warning(
+                    "database write failed (%s); retry %d in %.1fs",
+                    type(exc.orig).__name__,
+                    attempt + 1,
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _write_once(self, results: list[dict[str, Any]], metrics: list[dict[str, Any]]) -> int:
+        with self.engine.begin() as conn:
+            inserted: set[tuple[Any, ...]] = set()
+            if results:
+                table = ScoreResult.__table__
+                stmt = (
+                    self._insert(table)
+                    .on_conflict_do_nothing(index_elements=list(RESULT_KEY))
+                    .returning(*(table.c[k] for k in RESULT_KEY))
+                )
+                inserted = {tuple(r) for r in conn.execute(stmt, results)}
+                if len(inserted) < len(results):
+                    self._record_bulk_duplicates(conn, results, inserted)
+            if metrics:
+                conn.execute(insert(BatchMetric.__table__), metrics)
+        return len(inserted)
+
+    def _record_bulk_duplicates(
+        self, conn: Connection, results: list[dict[str, Any]], inserted: set[tuple[Any, ...]]
+    ) -> None:
+        """Bulk rows that hit a result of an earlier run still count towards their run."""
+        skipped = [
+            r
+            for r in results
+            if r["bulk_run_id"] and tuple(r[k] for k in RESULT_KEY) not in inserted
+        ]
+        if not skipped:
+            return
+        table = ScoreResult.__table__
+        existing: dict[tuple[Any, ...], str | None] = {}
+        for (name, version), ids in _by_model(skipped).items():
+            query = select(table.c.request_id, table.c.bulk_run_id).where(
+                table.c.model_name == name,
+                table.c.model_version == version,
+                table.c.request_id.in_(ids),
+            )
+            existing.update({(rid, name, version): run for rid, run in conn.execute(query)})
+        duplicates = [
+            {
+                "run_id": r["bulk_run_id"],
+                "request_id": r["request_id"],
+                "model_name": r["model_name"],
+                "model_version": r["model_version"],
+                "existing_run_id": existing.get(tuple(r[k] for k in RESULT_KEY)),
+            }
+            for r in skipped
+            if existing.get(tuple(r[k] for k in RESULT_KEY)) != r["bulk_run_id"]
+        ]
+        if duplicates:
+            conn.execute(
+                self._insert(BulkDuplicate.__table__).on_conflict_do_nothing(
+                    index_elements=["run_id", "request_id", "model_name", "model_version"]
+                ),
+                duplicates,
+            )
+
+
+def _by_model(rows: list[dict[str, Any]]) -> dict[tuple[str, int], list[str]]:
+    groups: dict[tuple[str, int], list[str]] = {}
+    for r in rows:
+        groups.setdefault((r["model_name"], r["model_version"]), []).append(r["request_id"])
+    return groups
+
+
+def _dedupe(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per key: PostgreSQL's ON CONFLICT cannot touch a key twice in one statement."""
+    seen: set[tuple[Any, ...]] = set()
+    unique = []
+    for row in results:
+        key = tuple(row[k] for k in RESULT_KEY)
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    return unique
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    """Connection loss and lock contention are worth a retry; constraint errors are not."""
+    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)
