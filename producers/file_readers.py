@@ -68,11 +68,12 @@ def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
 
 def coerce_row(row: dict[str, Any], schema: dict[str, str]) -> dict[str, Any]:
     """Parse text values into the schema's types where they parse; leave the rest as they
-    are, so that the worker rejects them with a precise reason."""
+    are (a number longer than 64 characters is no number), so that the worker rejects them
+    with a precise reason."""
     out: dict[str, Any] = {}
     for name, type_name in schema.items():
         value = row.get(name)
-        if isinstance(value, str) and type_name in ("float", "int"):
+        if isinstance(value, str) and type_name in ("float", "int") and len(value) <= 64:
             value = _parse_number(value, type_name)
         out[name] = value
     return out

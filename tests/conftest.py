@@ -1,0 +1,112 @@
+"""Shared fixtures: databases (SQLite and real PostgreSQL), Redis, demo artifacts, workers.
+
+Integration fixtures read SCORING_TEST_* variables that `make test` exports after
+`deploy/services.sh up`. A missing service fails the test with what to run; it never
+skips silently.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from schemas.db import make_engine, upgrade
+from scoring.demo_model import build_artifact
+from scoring.settings import Settings
+
+
+def need(var: str) -> str:
+    value = os.environ.get(var)
+    if not value:
+        pytest.fail(
+            f"{var} is not set: run the suite with `make test` (it starts the services), "
+            "or `make services` and export what `deploy/services.sh env` prints "
+            "with SCORING_TEST_ in place of SCORING_",
+            pytrace=False,
+        )
+    return value
+
+
+@pytest.fixture(scope="session")
+def demo_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo classifier, trained once per session (seeded)."""
+    return build_artifact(tmp_path_factory.mktemp("artifact-v1"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_artifact_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second version: same data, another seed, so its weights and sha256 differ."""
+    return build_artifact(tmp_path_factory.mktemp("artifact-v2"), seed=1)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'scoring.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    return need("SCORING_TEST_DATABASE_URL")
+
+
+@pytest.fixture
+def pg_url(pg_server_url: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database per test, dropped afterwards."""
+    name = f"scoring_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        make_engine(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The same test on the embedded default and on the production database."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return need("SCORING_TEST_BROKER_URL")
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue of this test's own, so that tests never read each other's messages."""
+    return f"score-requests-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, queue_name: str):  # type: ignore[no-untyped-def]
+    """Settings for one test: its own model store and queues; anything else overridable."""
+
+    def factory(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "model_store": tmp_path / "store",
+            "requests_queue": queue_name,
+            "dead_letter_queue": f"{queue_name}.dlq",
+            "worker_flush_interval_s": 0.02,
+            "db_retry_backoff_s": 0.05,
+        }
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return factory

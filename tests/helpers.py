@@ -1,0 +1,55 @@
+"""Small helpers for tests: requests, counting rows, an in-process worker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from sqlalchemy import Engine, func, select
+
+from schemas.db import session_scope
+from schemas.tables import ScoreResult
+from scoring.demo_model import sample_rows
+
+
+def demo_requests(n: int, prefix: str = "r", seed: int = 0, **extra: Any) -> list[dict[str, Any]]:
+    names, rows, _ = sample_rows(n, seed)
+    return [
+        {
+            "request_id": f"{prefix}-{i}",
+            "model": "demo",
+            "inputs": {k: float(v) for k, v in zip(names, row, strict=True)},
+            **extra,
+        }
+        for i, row in enumerate(rows)
+    ]
+
+
+def count_results(engine: Engine, **where: Any) -> int:
+    with session_scope(engine) as session:
+        query = select(func.count()).select_from(ScoreResult)
+        for column, value in where.items():
+            query = query.where(getattr(ScoreResult, column) == value)
+        return int(session.scalar(query) or 0)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, every: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(every)
+
+
+@contextmanager
+def inprocess_worker(app: Celery) -> Iterator[Celery]:
+    """A real Celery worker (solo pool) in a thread of this process."""
+    with start_worker(
+        app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
+    ):
+        yield app
+    app.scoring_context.close()  # type: ignore[attr-defined]

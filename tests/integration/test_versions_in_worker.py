@@ -1,0 +1,59 @@
+"""Through a real Celery worker: promote and rollback change the version new requests get."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from producers.redis_producer import RedisProducer
+from schemas.db import make_engine
+from tests.helpers import count_results, demo_requests, inprocess_worker, wait_for
+from workers import registry
+from workers.celery_app import create_app
+
+pytestmark = pytest.mark.integration
+
+
+def test_promote_rollback_and_explicit_versions(
+    db_url: str, make_settings, demo_artifact: Path, demo_artifact_v2: Path
+) -> None:
+    settings = make_settings(database_url=db_url, broker_url="memory://localhost/")
+    engine = make_engine(db_url)
+    registry.register(engine, settings.model_store, "demo", demo_artifact)
+    v2 = registry.register(engine, settings.model_store, "demo", demo_artifact_v2)
+    app = create_app(settings)
+    producer = RedisProducer(app)
+
+    def send_and_wait(prefix: str, n: int = 30, **extra: object) -> None:
+        producer.send(demo_requests(n, prefix=prefix, **extra), per_message=7)
+        wait_for(lambda: count_results(engine) >= sent[0] + n, timeout=60)
+        sent[0] += n
+
+    sent = [0]
+    with inprocess_worker(app):
+        send_and_wait("before")
+        registry.promote(engine, "demo", 2)
+        send_and_wait("promoted")
+        registry.rollback(engine, "demo")
+        send_and_wait("rolled-back")
+        send_and_wait("pinned", model_version=2)
+
+    def versions(prefix: str) -> set[int]:
+        from sqlmodel import select
+
+        from schemas.db import session_scope
+        from schemas.tables import ScoreResult
+
+        with session_scope(engine) as session:
+            rows = session.exec(
+                select(ScoreResult).where(ScoreResult.request_id.startswith(prefix))
+            ).all()  # type: ignore[attr-defined]
+        assert len(rows) == 30
+        return {r.model_version for r in rows}
+
+    assert versions("before") == {1}
+    assert versions("promoted") == {2}
+    assert versions("rolled-back") == {1}
+    assert versions("pinned") == {2}
+    assert count_results(engine, model_version=2, artifact_sha256=v2.artifact_sha256) == 60

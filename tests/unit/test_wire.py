@@ -1,0 +1,71 @@
+"""Requests are checked at the envelope and against the model's input schema."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.wire import InputError, ScoreRequest, check_inputs
+
+SCHEMA = {"amount": "float", "age_days": "int", "note": "str"}
+GOOD = {"amount": 120.5, "age_days": 3, "note": "hi"}
+
+
+def test_a_valid_request_round_trips() -> None:
+    req = ScoreRequest.model_validate(
+        {"request_id": "ord-81723", "model": "fraud", "inputs": GOOD, "metadata": {"tenant": "a"}}
+    )
+    assert req.model_version is None and req.priority == 5
+
+
+@pytest.mark.parametrize("request_id", ["", "has space", "x" * 129, "semi;colon", "ünï"])
+def test_unusable_request_ids_are_rejected(request_id: str) -> None:
+    with pytest.raises(ValidationError, match="request_id"):
+        ScoreRequest.model_validate({"request_id": request_id, "model": "m", "inputs": {}})
+
+
+def test_metadata_over_4_kib_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="metadata is .* bytes"):
+        ScoreRequest.model_validate(
+            {"request_id": "a", "model": "m", "inputs": {}, "metadata": {"blob": "x" * 5000}}
+        )
+
+
+def test_unknown_envelope_fields_are_rejected() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        ScoreRequest.model_validate({"request_id": "a", "model": "m", "inputs": {}, "x": 1})
+
+
+def test_valid_inputs_pass_and_ints_widen_to_float() -> None:
+    assert check_inputs({**GOOD, "amount": 3, "extra": 1}, SCHEMA, 100) == {
+        "amount": 3.0,
+        "age_days": 3,
+        "note": "hi",
+    }
+
+
+@pytest.mark.parametrize(
+    ("inputs", "reason"),
+    [
+        ({"age_days": 3, "note": "x"}, "amount: missing"),
+        ({**GOOD, "amount": None}, "amount: missing"),
+        ({**GOOD, "amount": "abc"}, "amount: expected float, got str 'abc'"),
+        ({**GOOD, "amount": True}, "amount: expected float, got bool"),
+        ({**GOOD, "age_days": 1.5}, "age_days: expected int, got float"),
+        ({**GOOD, "amount": math.nan}, "amount: not a finite number (nan)"),
+        ({**GOOD, "amount": -math.inf}, "amount: not a finite number (-inf)"),
+        ({**GOOD, "note": "y" * 101}, "note: value too long (101 chars, at most 100)"),
+    ],
+)
+def test_bad_inputs_name_the_field_and_the_reason(inputs: dict, reason: str) -> None:
+    with pytest.raises(InputError) as err:
+        check_inputs(inputs, SCHEMA, 100)
+    assert reason in str(err.value)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(InputError) as err:
+        check_inputs({"note": 5}, SCHEMA, 100)
+    assert str(err.value).count(";") == 2
