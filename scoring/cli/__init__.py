@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from scoring.cli import bulk, db, demo, models, worker
+from scoring.cli import bench, bulk, db, demo, models, worker
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 app.add_typer(db.app, name="db")
+app.add_typer(bench.app, name="bench")
 app.command("bulk")(bulk.bulk)
 app.command("demo")(demo.demo)
 app.command("worker")(worker.worker)
