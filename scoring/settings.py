@@ -43,6 +43,16 @@ class Settings(BaseSettings):
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_username: str | None = None
     kafka_password: SecretStr | None = None
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_ssl_cafile: Path | None = None
+    # Records one poll hands the scorer; with the worst batch time this must stay well
+    # inside kafka_max_poll_interval_ms, or the group rebalances and redelivers (kafka-python#1401).
+    kafka_max_poll_records: int = Field(default=500, ge=1)
+    kafka_max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
+    # How long the group waits for a silent consumer (killed, frozen) before reassigning it.
+    kafka_session_timeout_ms: int = Field(default=45_000, ge=6_000)
+    # Run the Kafka consumer inside each `scoring worker` process too (`--kafka`).
+    kafka_in_worker: bool = False
 
     # --- batching defaults (a model version's own runtime settings take precedence)
     max_batch_size: int = Field(default=256, ge=1)
@@ -89,6 +99,11 @@ class Settings(BaseSettings):
                 "polling_interval": 0.01,
             },
             "worker_hijack_root_logger": False,
+            # Messages Celery cannot use go to the dead-letter queue instead of a log line.
+            "worker_consumer": "workers.consumer:DeadLetteringConsumer",
+            # On SIGTERM: finish the flush in hand, then requeue what is still buffered.
+            "worker_soft_shutdown_timeout": 10.0,
+            "worker_enable_soft_shutdown_on_idle": True,
         }
 
     def sqlalchemy_url(self) -> str:

@@ -24,7 +24,10 @@ class CeleryDeadLetters:
         self.count = 0
 
     def __call__(self, item: WorkItem) -> None:
-        body = dead_letter_body(item)
+        self.publish(dead_letter_body(item))
+
+    def publish(self, body: dict[str, Any]) -> None:
+        """Park one dead letter (a JSON object with at least `reason` and `payload`)."""
         with self.app.producer_or_acquire() as producer:
             producer.publish(
                 body,
@@ -35,7 +38,7 @@ class CeleryDeadLetters:
                 retry=True,
             )
         self.count += 1
-        log.warning("dead letter (%s): %s", item.source, item.reason)
+        log.warning("dead letter (%s): %s", body.get("source"), body.get("reason"))
 
 
 def dead_letter_body(item: WorkItem) -> dict[str, Any]:
