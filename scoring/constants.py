@@ -12,6 +12,11 @@ REQUESTS_TOPIC = "score-requests"
 RESULTS_TOPIC = "score-results"
 DEAD_LETTER_TOPIC = "score-requests.dlq"
 FEEDBACK_TOPIC = "score-feedback"
+# Headers on a Kafka dead letter: why it failed and where the original record was.
+DLQ_HEADER_REASON = "reason"
+DLQ_HEADER_TOPIC = "source-topic"
+DLQ_HEADER_PARTITION = "source-partition"
+DLQ_HEADER_OFFSET = "source-offset"
 
 # Result statuses written to score_results.status.
 STATUS_OK = "ok"

@@ -42,6 +42,7 @@ class WorkItem:
     token: Any = None  # the source's handle for ack / commit
     outcome: str | None = None  # "stored", "dead" or "retry", set by the pipeline
     reason: str | None = None
+    result: dict[str, Any] | None = None  # the result row written for it (sources publish it)
 
 
 @dataclass
@@ -204,7 +205,7 @@ class ScoringPipeline:
         began: datetime | None = None,
         inference_ms: float | None = None,
     ) -> dict[str, Any]:
-        return {
+        item.result = {
             "request_id": request.request_id,
             "model_name": model.name,
             "model_version": model.version,
@@ -224,6 +225,7 @@ class ScoringPipeline:
             "device": model.device,
             "worker": self.config.worker,
         }
+        return item.result
 
 
 def _predict_isolating_failures(model: LoadedModel, chunk: list[Scored]) -> None:

@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from scoring.cli import bench, bulk, db, demo, models, worker
+from scoring.cli import bench, bulk, db, demo, models, stream, worker
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -20,6 +20,8 @@ app.command("bulk")(bulk.bulk)
 app.command("demo")(demo.demo)
 app.command("worker")(worker.worker)
 app.command("status")(bulk.status)
+app.command("stream")(stream.stream)
+app.command("produce")(stream.produce)
 
 
 def main() -> None:

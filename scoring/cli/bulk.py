@@ -100,8 +100,12 @@ def _show_progress(run_id: str) -> None:
         print_summary(summarize(engine(), run_id))
 
 
-def status() -> None:
-    """Recent bulk runs and their progress."""
+def status(
+    kafka: bool = typer.Option(
+        None, "--kafka/--no-kafka", help="Kafka consumer lag (default: if the broker answers)."
+    ),
+) -> None:
+    """Recent bulk runs and their progress, and Kafka consumer lag per partition."""
     db = engine()
     with session_scope(db) as session:
         runs = session.exec(select(BulkRun).order_by(BulkRun.started_at.desc()).limit(10)).all()
@@ -116,3 +120,6 @@ def status() -> None:
             run.started_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
     console.print(table)
+    from scoring.cli.stream import show_kafka_lag
+
+    show_kafka_lag(kafka)

@@ -1,0 +1,259 @@
+"""The Kafka source: a consumer-group worker that commits offsets only after results are stored.
+
+Each step polls a batch, hands it to the process's ScoringService (the same micro-batcher
+and model copy the Celery task uses), publishes a result event per stored request and a
+dead letter per unusable record, waits until the broker confirms those, and only then
+commits offset + 1 for each partition's prefix of finished records. Records the database
+refused are not committed: their partitions are rewound and retried after a backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kafka import AsyncConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from scoring import constants as c
+from scoring.settings import Settings
+from workers.kafka_offsets import OffsetBook
+from workers.pipeline import WorkItem
+from workers.service import ScoringService
+
+log = logging.getLogger(__name__)
+
+FINISHED = ("stored", "dead")
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class StreamStats:
+    """Counts since start: what a test or an operator checks against what was produced."""
+
+    polled: int = 0
+    stored: int = 0
+    dead: int = 0
+    retried: int = 0
+    results_published: int = 0
+    commits: int = 0
+    rewinds: int = 0
+
+
+@dataclass(frozen=True)
+class StreamTopics:
+    requests: str
+    results: str
+    dead_letters: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamTopics:
+        return cls(settings.kafka_topic, settings.kafka_results_topic, settings.kafka_dlq_topic)
+
+
+def result_event(row: dict[str, Any]) -> bytes:
+    """The result topic's message for one stored request (JSON, UTF-8)."""
+    return json.dumps(
+        {
+            "request_id": row["request_id"],
+            "model": row["model_name"],
+            "model_version": row["model_version"],
+            "status": row["status"],
+            "outputs": row["outputs"],
+            "error": row["error"],
+            "scored_at": row["scored_at"].isoformat(),
+            "worker": row["worker"],
+        },
+        separators=(",", ":"),
+    ).encode("utf-8")
+
+
+def dead_letter_headers(record: Any, reason: str | None) -> list[tuple[str, bytes]]:
+    return [
+        (c.DLQ_HEADER_REASON, (reason or "unknown").encode("utf-8")),
+        (c.DLQ_HEADER_TOPIC, record.topic.encode()),
+        (c.DLQ_HEADER_PARTITION, str(record.partition).encode()),
+        (c.DLQ_HEADER_OFFSET, str(record.offset).encode()),
+    ]
+
+
+class StreamWorker:
+    """One consumer in the group, feeding one ScoringService. Not thread-safe: one loop.
+
+    `consumer` and `producer` are kafka-python clients (or test doubles with the same
+    methods); the worker makes no connection of its own.
+    """
+
+    def __init__(
+        self,
+        service: ScoringService,
+        consumer: Any,
+        producer: Any,
+        topics: StreamTopics,
+        *,
+        poll_timeout_ms: int = 200,
+        max_poll_interval_ms: int = 300_000,
+        backoff_s: float = 0.5,
+    ) -> None:
+        self.service = service
+        self.consumer = consumer
+        self.producer = producer
+        self.topics = topics
+        self.poll_timeout_ms = poll_timeout_ms
+        self.max_poll_interval_ms = max_poll_interval_ms
+        self.backoff_s = backoff_s
+        self.book = OffsetBook()
+        self.stats = StreamStats()
+        self._failures = 0
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe([self.topics.requests], listener=_Rebalance(self))
+
+    def run(self, stop: threading.Event) -> StreamStats:
+        """Poll and score until `stop` is set; the batch in hand is finished and committed."""
+        while not stop.is_set():
+            self.step()
+            if self._failures:
+                stop.wait(min(self.backoff_s * 2 ** (self._failures - 1), MAX_BACKOFF_S))
+        self.commit()
+        return self.stats
+
+    def step(self) -> int:
+        """One poll → score → publish → commit round; returns the records handled."""
+        polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
+        records = [r for batch in polled.values() for r in batch]
+        if not records:
+            self.commit()  # a commit that failed earlier gets another chance
+            return 0
+        started = time.monotonic()
+        for record in records:
+            self.book.received(_tp(record), record.offset)
+        items = [_item(record) for record in records]
+        self.service.submit(items).wait()
+        self._publish(records, items)
+        for record, item in zip(records, items, strict=True):
+            self.book.finished(_tp(record), record.offset, ok=item.outcome in FINISHED)
+        self.commit()
+        self._rewind()
+        self._count(items)
+        self._warn_if_slow(len(records), time.monotonic() - started)
+        return len(records)
+
+    def commit(self, partitions: Any = None) -> None:
+        """Commit what is finished; a failed commit is logged and tried again later."""
+        offsets = self.book.to_commit(partitions)
+        if not offsets:
+            return
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except KafkaError as exc:
+            log.warning("offset commit failed (%s); records after them may be redelivered", exc)
+            return
+        self.book.committed(offsets)
+        self.stats.commits += 1
+
+    def _publish(self, records: list[Any], items: list[WorkItem]) -> None:
+        """Result events and dead letters, confirmed; an unconfirmed one is not finished."""
+        sent: list[tuple[WorkItem, Any]] = []
+        for record, item in zip(records, items, strict=True):
+            if item.outcome == "stored" and item.result is not None:
+                value = result_event(item.result)
+                key = item.result["request_id"].encode()
+                sent.append((item, self.producer.send(self.topics.results, key=key, value=value)))
+            elif item.outcome == "dead":
+                headers = dead_letter_headers(record, item.reason)
+                future = self.producer.send(
+                    self.topics.dead_letters, key=record.key, value=record.value, headers=headers
+                )
+                sent.append((item, future))
+        if not sent:
+            return
+        self.producer.flush()
+        for item, future in sent:
+            if future.failed():
+                log.error("not confirmed by Kafka, will retry: %s", future.exception)
+                item.outcome, item.reason = "retry", f"publish failed: {future.exception}"
+            elif item.outcome == "stored":
+                self.stats.results_published += 1
+
+    def _rewind(self) -> None:
+        seeks = self.book.rewind()
+        for tp, offset in seeks.items():
+            self.consumer.seek(tp, offset)
+        if seeks:
+            self._failures += 1
+            self.stats.rewinds += 1
+            log.warning("rewound %d partition(s) to retry unstored records", len(seeks))
+        else:
+            self._failures = 0
+
+    def _count(self, items: list[WorkItem]) -> None:
+        self.stats.polled += len(items)
+        for item in items:
+            if item.outcome == "stored":
+                self.stats.stored += 1
+            elif item.outcome == "dead":
+                self.stats.dead += 1
+            else:
+                self.stats.retried += 1
+
+    def _warn_if_slow(self, n: int, seconds: float) -> None:
+        if seconds * 1000 > self.max_poll_interval_ms / 2:
+            log.warning(
+                "%d records took %.1fs, over half of max_poll_interval_ms: lower "
+                "SCORING_KAFKA_MAX_POLL_RECORDS before the group starts rebalancing",
+                n,
+                seconds,
+            )
+
+
+class _Rebalance(AsyncConsumerRebalanceListener):
+    """Commits what is finished before partitions move, and forgets them afterwards.
+
+    Runs on kafka-python's IO thread while the worker's own thread waits inside poll(),
+    so it may not block: it awaits an asynchronous commit instead.
+    """
+
+    def __init__(self, worker: StreamWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        offsets = self.worker.book.to_commit(revoked)
+        if offsets:
+            commit = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+            try:
+                await self.worker.consumer.commit_async(commit)
+                self.worker.book.committed(offsets)
+            except KafkaError as exc:
+                log.warning("commit on revocation failed (%s): the new owner redoes them", exc)
+        self.worker.book.forget(revoked)
+        if revoked:
+            log.info("partitions revoked: %s", _names(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned: %s", _names(assigned))
+
+    async def on_partitions_lost(self, lost: Any) -> None:
+        self.worker.book.forget(lost)
+        log.warning("partitions lost (evicted from the group): %s", _names(lost))
+
+
+def _tp(record: Any) -> TopicPartition:
+    return TopicPartition(record.topic, record.partition)
+
+
+def _item(record: Any) -> WorkItem:
+    enqueued = (
+        datetime.fromtimestamp(record.timestamp / 1000, UTC) if record.timestamp >= 0 else None
+    )
+    return WorkItem(payload=record.value, source=c.SOURCE_KAFKA, enqueued_at=enqueued, token=record)
+
+
+def _names(partitions: Any) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions)) or "none"
