@@ -110,3 +110,28 @@ def make_settings(tmp_path: Path, queue_name: str):  # type: ignore[no-untyped-d
         return Settings(**values)  # type: ignore[arg-type]
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    return need("SCORING_TEST_KAFKA_BOOTSTRAP")
+
+
+@pytest.fixture
+def make_topic(kafka_bootstrap: str):  # type: ignore[no-untyped-def]
+    """Creates topics of this test's own (`prefix-<random>`, N partitions); deletes them after."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="scoring-tests")
+    created: list[str] = []
+
+    def factory(prefix: str = "test", partitions: int = 4) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        admin.create_topics([NewTopic(name, partitions, 1)])
+        created.append(name)
+        return name
+
+    yield factory
+    if created:
+        admin.delete_topics(created, raise_errors=False)
+    admin.close()

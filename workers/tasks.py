@@ -21,6 +21,7 @@ from scoring import constants as c
 from scoring.settings import Settings
 from workers.context import LazyContext, build_context
 from workers.dead_letters import CeleryDeadLetters
+from workers.kafka_runner import StreamThread, route_dead_letters
 from workers.pipeline import WorkItem, from_epoch
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,10 @@ MAX_ATTEMPTS = 5
 
 def register_tasks(app: Celery, settings: Settings) -> None:
     dead_letters = CeleryDeadLetters(app, settings.dead_letter_queue)
-    context = LazyContext(lambda: build_context(settings, dead_letters))
+    context = LazyContext(lambda: build_context(settings, route_dead_letters(dead_letters)))
     app.scoring_context = context  # type: ignore[attr-defined]
+    # `scoring worker --kafka`: the Kafka consumer shares this process's scorer and model.
+    stream = StreamThread(settings, lambda: context.get().service)
 
     @app.task(
         base=Batches,
@@ -54,10 +57,13 @@ def register_tasks(app: Celery, settings: Settings) -> None:
             return
         for line in context.get().warm_up():
             log.info("warmed up %s", line)
+        if settings.kafka_in_worker:
+            stream.start()
 
     @signals.worker_shutdown.connect(weak=False)
     def _close(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
+            stream.stop()
             context.close()
 
 

@@ -1,0 +1,150 @@
+"""A Kafka test stack: own topics and group, a migrated PostgreSQL database with the demo
+model registered, `scoring stream` processes, and readers for the result and DLQ topics."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from schemas.db import make_engine
+from scoring.settings import Settings
+from workers import registry
+
+ASSIGNED = re.compile(r"partitions assigned: (.*)$", re.MULTILINE)
+
+
+@dataclass
+class KafkaStack:
+    bootstrap: str
+    database_url: str
+    store: Path
+    logs: Path
+    requests: str
+    results: str
+    dlq: str
+    group: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "SCORING_DATABASE_URL": self.database_url,
+            "SCORING_MODEL_STORE": str(self.store),
+            "SCORING_KAFKA_BOOTSTRAP": self.bootstrap,
+            "SCORING_KAFKA_TOPIC": self.requests,
+            "SCORING_KAFKA_RESULTS_TOPIC": self.results,
+            "SCORING_KAFKA_DLQ_TOPIC": self.dlq,
+            "SCORING_KAFKA_GROUP": self.group,
+            # A killed consumer's partitions move after 6 s (the broker's minimum).
+            "SCORING_KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "SCORING_TORCH_THREADS": "1",
+            "SCORING_DB_RETRY_BACKOFF_S": "0.05",
+        }
+
+    def settings(self) -> Settings:
+        return Settings(
+            database_url=self.database_url,
+            kafka_bootstrap=self.bootstrap,
+            kafka_topic=self.requests,
+            kafka_results_topic=self.results,
+            kafka_dlq_topic=self.dlq,
+            kafka_group=self.group,
+        )
+
+    def engine(self) -> Engine:
+        return make_engine(self.database_url)
+
+    def register_demo(self, artifact: Path) -> None:
+        registry.register(self.engine(), self.store, "demo", artifact)
+
+    def start(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
+        """`scoring stream` (or another command) as a process of its own, named `name`."""
+        log = (self.logs / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scoring.cli", *(argv or ("stream",))],
+            env={**self.env, "SCORING_WORKER_NAME": name},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def assigned(self, name: str) -> list[str]:
+        """The partitions `name` was given in its latest assignment."""
+        found = ASSIGNED.findall(self.log(name))
+        return [] if not found or found[-1] == "none" else found[-1].split(", ")
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait(30)
+
+    def stop(self, name: str, timeout: float = 60) -> int:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def scalar(self, sql: str) -> Any:
+        engine = self.engine()
+        try:
+            with engine.connect() as conn:
+                return conn.execute(text(sql)).scalar_one()
+        finally:
+            engine.dispose()
+
+    def rows(self, sql: str) -> list[Any]:
+        engine = self.engine()
+        try:
+            with engine.connect() as conn:
+                return list(conn.execute(text(sql)).all())
+        finally:
+            engine.dispose()
+
+
+def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 120) -> list[Any]:
+    """Every record of `topic` from the beginning, once at least `at_least` are there."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout
+        records: list[Any] = []
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
+                records.extend(batch)
+            ends = consumer.end_offsets(tps)
+            if len(records) >= at_least and all(consumer.position(tp) >= ends[tp] for tp in tps):
+                return records
+        raise AssertionError(f"{topic}: {len(records)} records in {timeout}s, wanted {at_least}")
+    finally:
+        consumer.close(autocommit=False)

@@ -1,0 +1,134 @@
+"""`scoring stream` against the real Kafka broker and real PostgreSQL: a consumer group that
+loses nothing, doubles nothing, survives a SIGKILL, and dead-letters what it cannot use."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from producers.kafka_producer import EventProducer
+from scoring import constants as c
+from tests.helpers import demo_requests, wait_for
+from tests.integration.kafka_stack import KafkaStack, read_topic
+from workers.kafka_lag import consumer_lag
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RESULTS = "SELECT count(*) FROM score_results"
+
+
+@pytest.fixture
+def stack(
+    kafka_bootstrap: str, pg_url: str, make_topic, tmp_path: Path, demo_artifact: Path
+) -> Iterator[KafkaStack]:
+    s = KafkaStack(
+        bootstrap=kafka_bootstrap,
+        database_url=pg_url,
+        store=tmp_path / "store",
+        logs=tmp_path,
+        requests=make_topic("requests", 4),
+        results=make_topic("results", 4),
+        dlq=make_topic("dlq", 1),
+    )
+    s.register_demo(demo_artifact)
+    try:
+        yield s
+    finally:
+        s.stop_all()
+
+
+def produce(stack: KafkaStack, requests: list[dict]) -> None:
+    with EventProducer(stack.settings()) as producer:
+        assert producer.send(requests) == len(requests)
+
+
+def start_group(stack: KafkaStack, *names: str) -> None:
+    """Start one `scoring stream` per name and wait until the group has split the partitions."""
+    for name in names:
+        stack.start(name)
+    wait_for(lambda: all(len(stack.assigned(n)) == 4 // len(names) for n in names), timeout=120)
+
+
+def stop_and_check_lag(stack: KafkaStack, *names: str) -> None:
+    """SIGTERM finishes, commits and exits 0; the group then has nothing left to read."""
+    for name in names:
+        assert stack.stop(name) == 0, stack.log(name)[-3000:]
+        assert "stream stopped" in stack.log(name)
+    lags = consumer_lag(stack.settings())
+    assert len(lags) == 4 and sum(p.lag for p in lags) == 0, lags
+
+
+def test_two_consumers_in_a_group_score_every_event_once(stack: KafkaStack) -> None:
+    start_group(stack, "stream-a", "stream-b")
+    produce(stack, demo_requests(20_000, prefix="ev"))
+    wait_for(lambda: stack.scalar(RESULTS) >= 20_000, timeout=240, every=1)
+    rows, distinct, ok = stack.rows(
+        "SELECT count(*), count(DISTINCT request_id), count(*) FILTER (WHERE status = 'ok') "
+        "FROM score_results WHERE source = 'kafka'"
+    )[0]
+    assert (rows, distinct, ok) == (20_000, 20_000, 20_000)
+    by_worker = dict(stack.rows("SELECT worker, count(*) FROM score_results GROUP BY worker"))
+    assert set(by_worker) == {"stream-a", "stream-b"} and all(by_worker.values()), by_worker
+    stop_and_check_lag(stack, "stream-a", "stream-b")
+    events = read_topic(stack.bootstrap, stack.results, at_least=20_000)
+    ids = Counter(json.loads(r.value)["request_id"] for r in events)
+    assert len(ids) == 20_000 and set(ids) == {f"ev-{i}" for i in range(20_000)}
+    assert {json.loads(events[0].value)["status"]} == {"ok"}
+
+
+def test_a_consumer_killed_mid_stream_loses_and_doubles_nothing(stack: KafkaStack) -> None:
+    start_group(stack, "stream-a", "stream-b")
+    produce(stack, demo_requests(20_000, prefix="kill"))
+    wait_for(lambda: stack.scalar(RESULTS) >= 2_000, timeout=240, every=0.2)
+    stack.kill("stream-a")
+    done_when_killed = stack.scalar(RESULTS)
+    # After the session timeout the group moves stream-a's partitions to stream-b.
+    wait_for(lambda: len(stack.assigned("stream-b")) == 4, timeout=120, every=0.5)
+    wait_for(lambda: stack.scalar(RESULTS) >= 20_000, timeout=240, every=1)
+    rows, distinct = stack.rows("SELECT count(*), count(DISTINCT request_id) FROM score_results")[0]
+    assert (rows, distinct) == (20_000, 20_000)
+    assert done_when_killed < 20_000  # it really died mid-stream
+    assert stack.scalar("SELECT count(*) FROM score_results WHERE worker = 'stream-b'") > 0
+    stop_and_check_lag(stack, "stream-b")
+
+
+def malformed() -> list[bytes]:
+    """100 records that fail before a model sees them: each must become a dead letter."""
+    kinds: list[bytes] = []
+    for i in range(20):
+        kinds.append(b"{not json " + str(i).encode())
+        kinds.append(b"\xff\xfe" + str(i).encode())  # not UTF-8
+        for body in (
+            {"request_id": f"bad-{i}", "inputs": {}},  # no model
+            {"request_id": f"bad id {i}", "model": "demo", "inputs": {}},  # bad request_id
+            {"request_id": f"prio-{i}", "model": "demo", "inputs": {}, "priority": 42},
+        ):
+            kinds.append(json.dumps(body).encode())
+    return kinds
+
+
+def test_malformed_events_become_dead_letters_and_the_rest_are_scored(stack: KafkaStack) -> None:
+    good = [json.dumps(r).encode() for r in demo_requests(5_000, prefix="good")]
+    bad = malformed()
+    mixed = list(good)
+    for i, value in enumerate(bad):
+        mixed.insert(i * 50 + 7, value)
+    with EventProducer(stack.settings()) as producer:
+        assert producer.send_raw(mixed) == 5_100
+    stack.start("stream-a")
+    wait_for(lambda: stack.scalar(RESULTS) >= 5_000, timeout=240, every=1)
+    letters = read_topic(stack.bootstrap, stack.dlq, at_least=100)
+    assert len(letters) == 100
+    assert sorted(r.value for r in letters) == sorted(bad)  # original bytes, intact
+    reasons = [dict(r.headers)[c.DLQ_HEADER_REASON].decode() for r in letters]
+    assert all(reasons), reasons
+    kinds = Counter(reason.split(":")[0] for reason in reasons)
+    assert kinds["not JSON"] == 20 and kinds["not UTF-8"] == 20, kinds
+    assert all(dict(r.headers)[c.DLQ_HEADER_TOPIC].decode() == stack.requests for r in letters)
+    stop_and_check_lag(stack, "stream-a")
+    assert stack.scalar(RESULTS) == 5_000
+    assert stack.scalar("SELECT count(*) FROM score_results WHERE status = 'ok'") == 5_000
