@@ -98,8 +98,8 @@ def open_worker(
 
 
 def close_worker(worker: StreamWorker) -> None:
-    """Commit what is finished, leave the group (revocation commits too), close clients."""
-    worker.commit()
+    """Finish and commit what is in flight, leave the group, close the clients."""
+    worker.drain()
     worker.consumer.close(autocommit=False)
     worker.producer.close()
 

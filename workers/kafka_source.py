@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +26,7 @@ from scoring import constants as c
 from scoring.settings import Settings
 from workers.kafka_offsets import OffsetBook
 from workers.pipeline import WorkItem
-from workers.service import ScoringService
+from workers.service import ScoringService, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,16 @@ def dead_letter_headers(record: Any, reason: str | None) -> list[tuple[str, byte
     ]
 
 
+@dataclass
+class _Batch:
+    """One poll's records on their way through the scorer."""
+
+    records: list[Any]
+    items: list[WorkItem]
+    ticket: Ticket
+    started: float
+
+
 class StreamWorker:
     """One consumer in the group, feeding one ScoringService. Not thread-safe: one loop.
 
@@ -100,6 +111,7 @@ class StreamWorker:
         poll_timeout_ms: int = 200,
         max_poll_interval_ms: int = 300_000,
         backoff_s: float = 0.5,
+        depth: int = 2,
     ) -> None:
         self.service = service
         self.consumer = consumer
@@ -108,42 +120,61 @@ class StreamWorker:
         self.poll_timeout_ms = poll_timeout_ms
         self.max_poll_interval_ms = max_poll_interval_ms
         self.backoff_s = backoff_s
+        self.depth = depth  # polls in flight: 2 lets the next poll score while one publishes
         self.book = OffsetBook()
         self.stats = StreamStats()
+        self._in_flight: deque[_Batch] = deque()
         self._failures = 0
 
     def subscribe(self) -> None:
         self.consumer.subscribe([self.topics.requests], listener=_Rebalance(self))
 
     def run(self, stop: threading.Event) -> StreamStats:
-        """Poll and score until `stop` is set; the batch in hand is finished and committed."""
+        """Poll and score until `stop` is set; batches in hand are finished and committed."""
         while not stop.is_set():
             self.step()
             if self._failures:
                 stop.wait(min(self.backoff_s * 2 ** (self._failures - 1), MAX_BACKOFF_S))
-        self.commit()
+        self.drain()
         return self.stats
 
     def step(self) -> int:
-        """One poll → score → publish → commit round; returns the records handled."""
+        """Poll and submit a batch, then finish (publish, commit) the oldest one in flight.
+
+        With `depth` 2 the scorer works on this poll while the previous one's results are
+        published and committed. Returns the number of records polled.
+        """
         polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
         records = [r for batch in polled.values() for r in batch]
-        if not records:
-            self.commit()  # a commit that failed earlier gets another chance
-            return 0
-        started = time.monotonic()
-        for record in records:
-            self.book.received(_tp(record), record.offset)
-        items = [_item(record) for record in records]
-        self.service.submit(items).wait()
-        self._publish(records, items)
-        for record, item in zip(records, items, strict=True):
-            self.book.finished(_tp(record), record.offset, ok=item.outcome in FINISHED)
-        self.commit()
-        self._rewind()
-        self._count(items)
-        self._warn_if_slow(len(records), time.monotonic() - started)
+        if records:
+            for record in records:
+                self.book.received(_tp(record), record.offset)
+            items = [_item(record) for record in records]
+            ticket = self.service.submit(items)
+            self._in_flight.append(_Batch(records, items, ticket, time.monotonic()))
+        while self._in_flight and (not records or len(self._in_flight) >= self.depth):
+            self._finish(self._in_flight.popleft())
+        self.commit()  # also retries a commit that failed earlier
         return len(records)
+
+    def drain(self) -> None:
+        """Finish every batch in flight and commit them (on stop)."""
+        self.finish_in_flight()
+        self.commit()
+
+    def finish_in_flight(self) -> None:
+        """Wait for, publish and book every batch in flight (without committing)."""
+        while self._in_flight:
+            self._finish(self._in_flight.popleft())
+
+    def _finish(self, batch: _Batch) -> None:
+        batch.ticket.wait()
+        self._publish(batch.records, batch.items)
+        for record, item in zip(batch.records, batch.items, strict=True):
+            self.book.finished(_tp(record), record.offset, ok=item.outcome in FINISHED)
+        self._rewind()
+        self._count(batch.items)
+        self._warn_if_slow(len(batch.records), time.monotonic() - batch.started)
 
     def commit(self, partitions: Any = None) -> None:
         """Commit what is finished; a failed commit is logged and tried again later."""
@@ -217,22 +248,26 @@ class _Rebalance(AsyncConsumerRebalanceListener):
     """Commits what is finished before partitions move, and forgets them afterwards.
 
     Runs on kafka-python's IO thread while the worker's own thread waits inside poll(),
-    so it may not block: it awaits an asynchronous commit instead.
+    so nothing else touches the worker meanwhile. Blocking calls into the consumer are
+    refused there, so the commit is awaited; waiting for the batch in flight (one poll,
+    well inside max_poll_interval_ms) only delays this member's JoinGroup.
     """
 
     def __init__(self, worker: StreamWorker) -> None:
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        offsets = self.worker.book.to_commit(revoked)
+        worker = self.worker
+        worker.finish_in_flight()  # their results are stored before the partitions move
+        offsets = worker.book.to_commit(revoked)
         if offsets:
             commit = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
             try:
-                await self.worker.consumer.commit_async(commit)
-                self.worker.book.committed(offsets)
+                await worker.consumer.commit_async(commit)
+                worker.book.committed(offsets)
             except KafkaError as exc:
                 log.warning("commit on revocation failed (%s): the new owner redoes them", exc)
-        self.worker.book.forget(revoked)
+        worker.book.forget(revoked)
         if revoked:
             log.info("partitions revoked: %s", _names(revoked))
 

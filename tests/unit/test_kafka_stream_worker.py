@@ -144,6 +144,7 @@ def make_worker():  # type: ignore[no-untyped-def]
         service = ScoringService(FakePipeline(decide), max_batch_size=64, max_wait_s=0.0).start()
         services.append(service)
         producer = kw.pop("producer", FakeProducer())
+        kw.setdefault("depth", 1)  # finish each poll in the step that polled it
         return StreamWorker(service, consumer, producer, TOPICS, **kw), producer
 
     yield factory
@@ -238,6 +239,45 @@ def test_a_failed_commit_is_retried_on_the_next_step(make_worker) -> None:  # ty
     assert consumer.commits == []
     assert worker.step() == 0  # an empty poll still commits what is finished
     assert consumer.committed() == {TopicPartition("req", 0): 5}
+
+
+def test_with_two_polls_in_flight_a_batch_commits_one_step_later(make_worker) -> None:  # type: ignore[no-untyped-def]
+    consumer = FakeConsumer({0: payloads(0, 25)}, max_records=10)
+    worker, producer = make_worker(consumer, lambda body: "stored", depth=2)
+    p0 = TopicPartition("req", 0)
+    assert worker.step() == 10 and consumer.commits == []  # scoring while we poll again
+    assert worker.step() == 10 and consumer.committed() == {p0: 10}
+    assert worker.step() == 5 and consumer.committed() == {p0: 20}
+    assert worker.step() == 0 and consumer.committed() == {p0: 25}  # idle: finish everything
+    assert len(producer.sent["res"]) == 25
+
+
+def test_stopping_finishes_and_commits_what_is_in_flight(make_worker) -> None:  # type: ignore[no-untyped-def]
+    consumer = FakeConsumer({0: payloads(0, 8), 1: payloads(1, 4)})
+    worker, _ = make_worker(consumer, lambda body: "stored", depth=2)
+    worker.step()
+    assert consumer.commits == []
+    worker.drain()
+    assert consumer.committed() == {TopicPartition("req", 0): 8, TopicPartition("req", 1): 4}
+
+
+def test_a_rewind_while_the_next_poll_is_in_flight_loses_nothing(make_worker) -> None:  # type: ignore[no-untyped-def]
+    consumer = FakeConsumer({0: payloads(0, 20)}, max_records=5)
+    failed: set[str] = set()
+
+    def decide(body: dict[str, Any]) -> str:
+        if body["request_id"] == "p0-3" and not failed:
+            failed.add("p0-3")
+            return "retry"
+        return "stored"
+
+    worker, producer = make_worker(consumer, decide, depth=2)
+    for _ in range(10):
+        worker.step()
+    assert consumer.committed() == {TopicPartition("req", 0): 20}
+    assert consumer.seeks == [(TopicPartition("req", 0), 3)]
+    ids = {json.loads(m["value"])["request_id"] for m in producer.sent["res"]}
+    assert ids == {f"p0-{i}" for i in range(20)}
 
 
 def test_kafka_dead_letters_are_not_sent_down_the_redis_path() -> None:
