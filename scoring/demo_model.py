@@ -54,6 +54,7 @@ def train(
     with torch.no_grad():
         held_out = (model(torch.from_numpy(x[test_idx])).argmax(1).numpy() == y[test_idx]).mean()
     manifest = {
+        "validation_set": _validation_set(names, x[test_idx], y[test_idx], seed),
         "architecture": "mlp",
         "config": {"features": names, "hidden": hidden or HIDDEN, "labels": LABELS},
         "input_schema": {n: "float" for n in names},
@@ -65,6 +66,22 @@ def train(
         "training": {"seed": seed, "epochs": epochs, "held_out_accuracy": float(held_out)},
     }
     return model, manifest
+
+
+def _validation_set(
+    names: list[str], x: np.ndarray, y: np.ndarray, seed: int, n: int = 600, noise: float = 0.05
+) -> list[dict[str, Any]]:
+    """Held-out rows (never trained on), resampled with jitter, for the quality gate."""
+    rng = np.random.default_rng(seed + 1)
+    pick = rng.integers(0, len(x), size=n)
+    rows = np.clip(x[pick] + rng.normal(0, noise, (n, x.shape[1])) * x.std(0), 0, None)
+    return [
+        {
+            "inputs": {k: round(float(v), 6) for k, v in zip(names, row, strict=True)},
+            "label": LABELS[int(label)],
+        }
+        for row, label in zip(rows, y[pick], strict=True)
+    ]
 
 
 def build_artifact(directory: Path, seed: int = 0) -> Path:

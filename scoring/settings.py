@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     # --- runtime
     torch_threads: int | None = None
 
+    # --- quality gate (`scoring models validate`; `promote` refuses a failed version)
+    gate_min_agreement: float = Field(default=0.99, ge=0, le=1)
+    gate_max_score_diff: float = Field(default=0.05, ge=0)
+    gate_max_accuracy_drop: float = Field(default=0.01, ge=0)
+
     # --- operations
     flower_auth: SecretStr | None = None
     flower_port: int = 5555

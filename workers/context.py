@@ -43,6 +43,12 @@ class WorkerContext:
         self.pipeline.engine.dispose()
 
 
+def example_inputs(schema: dict[str, str]) -> dict[str, object]:
+    """A valid request body for `schema`, for warm-up runs."""
+    values = {"float": 0.0, "int": 0, "str": "warm up the model", "bool": False}
+    return {name: values[type_name] for name, type_name in schema.items()}
+
+
 def build_context(
     settings: Settings, dead_letter: Callable[[WorkItem], None], worker_name: str | None = None
 ) -> WorkerContext:

@@ -12,6 +12,7 @@ from schemas.db import session_scope
 from schemas.tables import ModelEvent, ModelVersion, utcnow
 from scoring import constants as c
 from workers.artifacts import artifact_sha256, copy_into_store, read_manifest
+from workers.backends import ALL_BACKENDS
 from workers.models import get_architecture
 
 
@@ -28,6 +29,10 @@ def register(engine: Engine, store: Path, name: str, source: Path) -> ModelVersi
     manifest = read_manifest(source)
     get_architecture(manifest["architecture"])  # fail now, not while serving
     runtime: dict[str, Any] = manifest.get("runtime", {})
+    if runtime.get("backend", "eager") not in ALL_BACKENDS:
+        raise RegistryError(
+            f"unknown backend {runtime['backend']!r}; choose from {', '.join(ALL_BACKENDS)}"
+        )
     with session_scope(engine) as session:
         latest = session.exec(
             select(func.max(ModelVersion.version)).where(ModelVersion.name == name)
@@ -166,6 +171,50 @@ def _activate(session: Any, target: ModelVersion) -> None:
             session.add(other)
     target.status, target.activated_at, target.retired_at = c.VERSION_ACTIVE, now, None
     session.add(target)
+
+
+def set_backend(engine: Engine, name: str, version: int, backend: str) -> None:
+    """Change the backend a version serves with (after the gate recommended it)."""
+    with session_scope(engine) as session:
+        record = session.exec(
+            select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+        ).one()
+        came_from, record.backend = record.backend, backend
+        if record.validation_report:
+            own = record.validation_report.get("candidates", {}).get(backend, {})
+            record.validation_report = {
+                **record.validation_report,
+                "passed": bool(own.get("passed")),
+                "summary": {
+                    **record.validation_report["summary"],
+                    "backend": backend,
+                    "passed": bool(own.get("passed")),
+                },
+            }
+        session.add(record)
+        session.add(
+            ModelEvent(
+                name=name, version=version, action="set-backend", detail=f"{came_from} -> {backend}"
+            )
+        )
+
+
+def gate_problem(record: ModelVersion) -> str | None:
+    """Why `record` may not be promoted, or None. Eager fp32 is the reference itself."""
+    report = record.validation_report
+    if report is None:
+        if record.backend == "eager":
+            return None
+        return (
+            f"{record.name} v{record.version} ({record.backend}) has not been validated: "
+            f"run `scoring models validate {record.name} {record.version}`"
+        )
+    own = report.get("candidates", {}).get(record.backend)
+    if own is None:
+        return f"the validation report has no result for backend {record.backend!r}"
+    if not own.get("passed"):
+        return f"backend {record.backend!r} failed the quality gate: " + "; ".join(own["reasons"])
+    return None
 
 
 def save_report(engine: Engine, name: str, version: int, report: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from schemas.tables import ModelVersion
 from workers.artifacts import load_checked
+from workers.backends import COMPILED, apply_backend, bucket_for, buckets
 from workers.models import Architecture, get_architecture
 
 
@@ -29,22 +30,39 @@ class LoadedModel:
     device: str
     architecture: Architecture
     module: torch.nn.Module
-    runner: Any = field(repr=False, default=None)
+    runner: Any = field(repr=False, default=None)  # what serves: module or its compiled form
 
     def predict(self, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Score schema-checked inputs; raises whatever the model raises."""
+        """Score schema-checked inputs; raises whatever the model raises.
+
+        Compiled backends see only bucket-sized batches (padded by repeating the last
+        row, then trimmed), so serving never triggers a recompilation.
+        """
         batch = self.architecture.prepare(inputs, self.config)
+        n = len(inputs)
+        if self.backend in COMPILED:
+            batch = _pad(batch, bucket_for(n, self.max_batch_size))
         with torch.inference_mode():
-            output = (self.runner or self.module)(_to_device(batch, self.device))
-        return self.architecture.postprocess(output.detach().cpu(), self.config)
+            output = self.runner(*(_to_device(t, self.device) for t in batch))
+        return self.architecture.postprocess(output[:n].detach().float().cpu(), self.config)
+
+    def warm_up(self, example: dict[str, Any]) -> list[int]:
+        """Run every batch bucket once (compiles happen here, not on a request)."""
+        sizes = buckets(self.max_batch_size) if self.backend in COMPILED else [1]
+        for size in sizes:
+            self.predict([example] * size)
+        return sizes
 
 
-def _to_device(batch: Any, device: str) -> Any:
-    if device == "cpu":
+def _pad(batch: tuple[torch.Tensor, ...], size: int) -> tuple[torch.Tensor, ...]:
+    n = batch[0].shape[0]
+    if n == size:
         return batch
-    if isinstance(batch, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    return batch.to(device, non_blocking=True)
+    return tuple(torch.cat([t, t[-1:].expand(size - n, *t.shape[1:])]) for t in batch)
+
+
+def _to_device(tensor: torch.Tensor, device: str) -> torch.Tensor:
+    return tensor if device == "cpu" else tensor.to(device, non_blocking=True)
 
 
 def pick_device() -> str:
@@ -59,13 +77,17 @@ def pick_device() -> str:
     return "cpu"
 
 
-def load_model(record: ModelVersion, device: str = "cpu") -> LoadedModel:
-    """Check the artifact's sha256, build the module, load its weights (no pickle)."""
-    manifest, weights = load_checked(Path(record.artifact_uri), record.artifact_sha256)
+def load_model(
+    record: ModelVersion, device: str = "cpu", backend: str | None = None
+) -> LoadedModel:
+    """Check the artifact's sha256, build the module, load its weights (no pickle), and
+    prepare it for `backend` (default: the version's own)."""
+    _, weights = load_checked(Path(record.artifact_uri), record.artifact_sha256)
     architecture = get_architecture(record.architecture)
     module = architecture.build(record.config)
-    module.load_state_dict(weights, strict=True)
+    architecture.load_weights(module, weights)
     module.eval().to(device)
+    backend = backend or record.backend
     return LoadedModel(
         name=record.name,
         version=record.version,
@@ -74,10 +96,11 @@ def load_model(record: ModelVersion, device: str = "cpu") -> LoadedModel:
         config=dict(record.config),
         max_batch_size=record.max_batch_size,
         max_wait_ms=record.max_wait_ms,
-        backend=record.backend,
+        backend=backend,
         device=device,
         architecture=architecture,
         module=module,
+        runner=apply_backend(module, backend, device, record.config),
     )
 
 

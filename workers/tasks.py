@@ -38,6 +38,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
     @app.task(
         base=Batches,
+        shared=False,  # Celery adds shared tasks to every app; each app has its own
         name=c.SCORE_TASK,
         acks_late=True,
         typing=False,

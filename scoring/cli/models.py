@@ -74,13 +74,103 @@ def list_(name: str = typer.Argument(None), as_json: bool = typer.Option(False, 
 
 
 @app.command()
-def promote(name: str, version: int) -> None:
-    """Make VERSION the one new requests for NAME get."""
+def promote(
+    name: str,
+    version: int,
+    force: bool = typer.Option(False, "--force", help="Promote even if the gate failed."),
+    auto_backend: bool = typer.Option(
+        False, "--auto-backend", help="Adopt the backend `validate` recommended first."
+    ),
+) -> None:
+    """Make VERSION the one new requests for NAME get (it must pass the quality gate)."""
+    db = engine()
     try:
-        record = registry.promote(engine(), name, version)
+        record = registry.get_version(db, name, version)
+        if auto_backend:
+            chosen = (record.validation_report or {}).get("recommended")
+            if not chosen:
+                fail(f"no recommended backend: run `scoring models validate {name} {version}`")
+            registry.set_backend(db, name, version, chosen)
+            record = registry.get_version(db, name, version)
+            console.print(f"{name} v{version} will serve with {chosen}")
+        problem = registry.gate_problem(record)
+        if problem and not force:
+            fail(f"{problem} (use --force to promote anyway)", code=1)
+        record = registry.promote(
+            db, name, version, detail=f"forced: {problem}" if problem else None
+        )
     except registry.RegistryError as exc:
         fail(str(exc))
-    console.print(f"{name} v{record.version} is active")
+    console.print(f"{name} v{record.version} is active ({record.backend})")
+
+
+@app.command()
+def validate(
+    name: str,
+    version: int,
+    backend: list[str] = typer.Option(
+        None, "--backend", help="Backend(s) to gate (default: every one for here)."
+    ),
+    timing: bool = typer.Option(True, "--timing/--no-timing", help="Measure items/s too."),
+) -> None:
+    """Run backends against the fp32 eager reference on the artifact's held-out rows and
+    store the report. Exits 1 when the version's own backend fails."""
+    from workers.backends import CPU_BACKENDS, GPU_BACKENDS
+    from workers.quality import Thresholds
+    from workers.quality import validate as run_gate
+    from workers.runtime import pick_device
+
+    s, db = settings(), engine()
+    if s.torch_threads:
+        import torch
+
+        torch.set_num_threads(s.torch_threads)
+    try:
+        record = registry.get_version(db, name, version)
+    except registry.RegistryError as exc:
+        fail(str(exc))
+    device = pick_device()
+    backends = backend or list(GPU_BACKENDS if device.startswith("cuda") else CPU_BACKENDS)
+    thresholds = Thresholds(s.gate_min_agreement, s.gate_max_score_diff, s.gate_max_accuracy_drop)
+    try:
+        report = run_gate(record, backends, device, thresholds, timing)
+    except ValueError as exc:
+        fail(str(exc))
+    registry.save_report(db, name, version, report)
+    _print_report(report)
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
+def _print_report(report: dict) -> None:  # type: ignore[type-arg]
+    table = Table(
+        "backend",
+        "passed",
+        "agreement",
+        "max diff",
+        "accuracy",
+        "items/s",
+        "vs eager",
+        "why not",
+        title=f"quality gate on {report['device']} "
+        f"({report['torch_threads']} threads, {report['rows']} held-out rows); "
+        "speeds at the largest batch",
+    )
+    for name, c in report["candidates"].items():
+        speeds, ratios = c.get("items_per_s", {}), c.get("speedup_vs_eager", {})
+        top = max(speeds, key=int) if speeds else None
+        table.add_row(
+            name,
+            "yes" if c["passed"] else "NO",
+            str(c.get("agreement", "")),
+            str(c.get("max_score_diff", "")),
+            str(c.get("accuracy", "")),
+            f"{speeds[top]:,.0f}" if top else "",
+            f"{ratios[top]}x" if top else "",
+            "; ".join(c["reasons"]),
+        )
+    console.print(table)
+    console.print(f"recommended backend: {report['recommended'] or 'none passed'}")
 
 
 @app.command()

@@ -56,7 +56,8 @@ def test_registry_commands_and_json_listing(
     out = scoring(tmp_path, "models", "register", "demo", str(demo_artifact_v2), env=env)
     assert "registered demo v2 (staged)" in out.stdout
     assert (
-        "demo v2 is active" in scoring(tmp_path, "models", "promote", "demo", "2", env=env).stdout
+        "demo v2 is active (eager)"
+        in scoring(tmp_path, "models", "promote", "demo", "2", env=env).stdout
     )
     assert (
         "demo v1 is active again" in scoring(tmp_path, "models", "rollback", "demo", env=env).stdout

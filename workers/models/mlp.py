@@ -35,9 +35,12 @@ class MLPArchitecture:
     def build(self, config: dict[str, Any]) -> nn.Module:
         return TabularMLP(len(config["features"]), list(config["hidden"]), len(config["labels"]))
 
-    def prepare(self, inputs: list[dict[str, Any]], config: dict[str, Any]) -> torch.Tensor:
+    def load_weights(self, module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+        module.load_state_dict(weights, strict=True)
+
+    def prepare(self, inputs: list[dict[str, Any]], config: dict[str, Any]) -> tuple[torch.Tensor]:
         features = config["features"]
-        return torch.tensor([[row[f] for f in features] for row in inputs], dtype=torch.float32)
+        return (torch.tensor([[row[f] for f in features] for row in inputs], dtype=torch.float32),)
 
     def postprocess(self, output: torch.Tensor, config: dict[str, Any]) -> list[dict[str, Any]]:
         probs = torch.softmax(output.float(), dim=-1)
