@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from scoring.cli import bench, bulk, db, demo, models, stream, worker
+from scoring.cli import bench, bulk, db, demo, flower, models, stream, worker
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -19,6 +19,7 @@ app.add_typer(bench.app, name="bench")
 app.command("bulk")(bulk.bulk)
 app.command("demo")(demo.demo)
 app.command("worker")(worker.worker)
+app.command("flower")(flower.flower)
 app.command("status")(bulk.status)
 app.command("stream")(stream.stream)
 app.command("produce")(stream.produce)
