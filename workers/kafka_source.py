@@ -142,14 +142,18 @@ class StreamWorker:
         """Poll and submit a batch, then finish (publish, commit) the oldest one in flight.
 
         With `depth` 2 the scorer works on this poll while the previous one's results are
-        published and committed. Returns the number of records polled.
+        published and committed; when nothing new is waiting, the batch in flight is finished
+        at once. Returns the number of records polled.
         """
-        polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
+        # With a batch in flight, take only what is already fetched: waiting here for new
+        # records would hold that batch's commit (and its latency) hostage to the next ones.
+        timeout = 0 if self._in_flight else self.poll_timeout_ms
+        polled = self.consumer.poll(timeout_ms=timeout)
         records = [r for batch in polled.values() for r in batch]
         if records:
             for record in records:
                 self.book.received(_tp(record), record.offset)
-            items = [_item(record) for record in records]
+            items = [work_item(record) for record in records]
             ticket = self.service.submit(items)
             self._in_flight.append(_Batch(records, items, ticket, time.monotonic()))
         while self._in_flight and (not records or len(self._in_flight) >= self.depth):
@@ -283,7 +287,8 @@ def _tp(record: Any) -> TopicPartition:
     return TopicPartition(record.topic, record.partition)
 
 
-def _item(record: Any) -> WorkItem:
+def work_item(record: Any) -> WorkItem:
+    """A polled Kafka record as the scorer sees it: raw bytes, stamped with the record time."""
     enqueued = (
         datetime.fromtimestamp(record.timestamp / 1000, UTC) if record.timestamp >= 0 else None
     )

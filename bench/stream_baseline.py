@@ -1,0 +1,83 @@
+"""The baseline `scoring bench stream` compares against: a consumer that handles one message
+at a time (validate, score, insert, commit), with the same pipeline code and database.
+
+Run as `python -m bench.stream_baseline` with the same SCORING_* settings as a stream
+worker; SIGTERM stops it. It publishes a result event after each insert (unconfirmed, so
+as not to add a round trip) only so that its latency is measured the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+
+def main() -> None:
+    from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+    from kafka.structs import OffsetAndMetadata, TopicPartition
+
+    from producers.kafka_producer import producer_config
+    from schemas.db import make_engine
+    from scoring.settings import get_settings
+    from workers import registry
+    from workers.kafka_runner import consumer_config
+    from workers.kafka_source import result_event, work_item
+    from workers.pipeline import PipelineConfig, ScoringPipeline
+    from workers.runtime import ModelCache, pick_device
+    from workers.sink import ResultSink
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    log = logging.getLogger("bench.stream_baseline")
+    settings = get_settings()
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    engine = make_engine(settings.database_url)
+    pipeline = ScoringPipeline(
+        engine,
+        ResultSink(engine, settings.db_retries, settings.db_retry_backoff_s),
+        ModelCache(pick_device()),
+        PipelineConfig(worker="batch1"),
+    )
+    for name, version in registry.active_versions(engine).items():
+        pipeline.models.get(registry.get_version(engine, name, version))
+
+    class Logged(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked: object) -> None:
+            pass
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned))
+            log.info("partitions assigned: %s", names or "none")
+
+    consumer = KafkaConsumer(**{**consumer_config(settings), "max_poll_records": 1})
+    consumer.subscribe([settings.kafka_topic], listener=Logged())
+    producer = KafkaProducer(**producer_config(settings))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    handled = 0
+    while not stop.is_set():
+        for records in consumer.poll(timeout_ms=200, max_records=1).values():
+            for record in records:
+                item = work_item(record)
+                pipeline.process([item])  # validate, score, insert: one transaction
+                if item.result is not None:
+                    key = item.result["request_id"].encode()
+                    producer.send(
+                        settings.kafka_results_topic, key=key, value=result_event(item.result)
+                    )
+                tp = TopicPartition(record.topic, record.partition)
+                consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "", -1)})
+                handled += 1
+    producer.flush()
+    consumer.close(autocommit=False)
+    producer.close()
+    log.info("baseline stopped after %d records", handled)
+
+
+if __name__ == "__main__":
+    main()
