@@ -1,17 +1,36 @@
-"""Write a micro-batch's results and its metrics row in one idempotent transaction."""
+"""Write a micro-batch's results and its metrics row in one idempotent transaction.
+
+On PostgreSQL the results are COPYed into a per-connection temporary table (emptied at
+commit) and moved with one INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING: the
+rows are formatted by the driver's C code and the statement text never changes. The
+multi-row VALUES statement it replaces was a new query of thousands of placeholders per
+batch, and parsing it in the driver cost more than the database's own work (measured
+with `scoring bench e2e`: about 4k rows/s before, 20k-35k after on a busy 2-core box).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import time
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
+import psycopg
+from sqlalchemy import (
+    JSON,
+    Column,
+    Connection,
+    Dialect,
+    Engine,
+    insert,
+    select,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from schemas.tables import BatchMetric, BulkDuplicate, ScoreResult
+from schemas.tables import BatchMetric, BulkDuplicate, ScoreResult, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +78,32 @@ class ResultSink:
     def _write_once(self, results: list[dict[str, Any]], metrics: list[dict[str, Any]]) -> int:
         with self.engine.begin() as conn:
             inserted: set[tuple[Any, ...]] = set()
-            if results:
-                table = ScoreResult.__table__
-                stmt = (
-                    self._insert(table)
-                    .on_conflict_do_nothing(index_elements=list(RESULT_KEY))
-                    .returning(*(table.c[k] for k in RESULT_KEY))
-                )
-                inserted = {tuple(r) for r in conn.execute(stmt, results)}
-                if len(inserted) < len(results):
-                    self._record_bulk_duplicates(conn, results, inserted)
-            if metrics:
-                conn.execute(insert(BatchMetric.__table__), metrics)
+            try:
+                if results:
+                    inserted = self._insert_results(conn, results)
+                    if len(inserted) < len(results):
+                        self._record_bulk_duplicates(conn, results, inserted)
+                if metrics:
+                    conn.execute(insert(BatchMetric.__table__), metrics)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the rollback undoes a new staging table
+                    conn.info.pop(_STAGING, None)
+                raise
         return len(inserted)
+
+    def _insert_results(
+        self, conn: Connection, results: list[dict[str, Any]]
+    ) -> set[tuple[Any, ...]]:
+        """Insert what is new; return the keys of the rows inserted."""
+        if conn.dialect.name == "postgresql":
+            return _copy_insert(conn, results)
+        table = ScoreResult.__table__
+        stmt = (
+            self._insert(table)
+            .on_conflict_do_nothing(index_elements=list(RESULT_KEY))
+            .returning(*(table.c[k] for k in RESULT_KEY))
+        )
+        return {tuple(r) for r in conn.execute(stmt, results)}
 
     def _record_bulk_duplicates(
         self, conn: Connection, results: list[dict[str, Any]], inserted: set[tuple[Any, ...]]
@@ -111,6 +143,65 @@ class ResultSink:
                 ),
                 duplicates,
             )
+
+
+_COLUMNS: list[Column[Any]] = [c for c in ScoreResult.__table__.columns if c.name != "id"]
+_JSON_COLUMNS = {c.name for c in _COLUMNS if isinstance(c.type, JSON)}
+
+
+_STAGING = "_incoming_score_results"
+_NAMES = ", ".join(f'"{c.name}"' for c in _COLUMNS)
+_CREATE_STAGING = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS "
+    f"SELECT {_NAMES} FROM {ScoreResult.__tablename__} WITH NO DATA"
+)
+_COPY = f"COPY {_STAGING} ({_NAMES}) FROM STDIN"
+_MOVE = (
+    f"INSERT INTO {ScoreResult.__tablename__} ({_NAMES}) SELECT {_NAMES} FROM {_STAGING} "
+    f"ON CONFLICT ({', '.join(RESULT_KEY)}) DO NOTHING RETURNING {', '.join(RESULT_KEY)}"
+)
+
+
+def _copy_insert(conn: Connection, results: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+    """COPY into the staging table, then one idempotent INSERT ... SELECT; the staging
+    table is created once per database connection (SQLAlchemy clears `info` on reconnect)."""
+    if not conn.info.get(_STAGING):
+        conn.exec_driver_sql(_CREATE_STAGING)
+        conn.info[_STAGING] = True
+    arrays = _column_arrays(results, conn.dialect)
+    raw = conn.connection.driver_connection
+    try:
+        with raw.cursor() as cursor:  # type: ignore[union-attr]
+            with cursor.copy(_COPY) as copy:
+                for row in zip(*arrays.values(), strict=True):
+                    copy.write_row(row)
+            cursor.execute(_MOVE)
+            return {tuple(r) for r in cursor.fetchall()}
+    except psycopg.Error as exc:  # past SQLAlchemy: translate, so that retries still apply
+        lost = conn.dialect.is_disconnect(exc, raw, None)  # type: ignore[arg-type]
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            _COPY, None, exc, psycopg.Error, connection_invalidated=lost, dialect=conn.dialect
+        ) from exc
+
+
+def _column_arrays(results: list[dict[str, Any]], dialect: Dialect) -> dict[str, list[Any]]:
+    """One list per column, in table order, each value bound as SQLAlchemy would bind it
+    (aware datetimes checked and made UTC; JSON encoded, None as JSON null); a row
+    without scored_at gets now, like the ORM default."""
+    arrays: dict[str, list[Any]] = {}
+    for column in _COLUMNS:
+        values = [r.get(column.name) for r in results]
+        if column.name == "scored_at":
+            now = utcnow()
+            values = [now if v is None else v for v in values]
+        if column.name in _JSON_COLUMNS:
+            values = [json.dumps(v) for v in values]
+        elif (process := column.type.bind_processor(dialect)) is not None:
+            values = [process(v) for v in values]
+        arrays[column.name] = values
+    return arrays
 
 
 def _by_model(rows: list[dict[str, Any]]) -> dict[tuple[str, int], list[str]]:

@@ -1,0 +1,163 @@
+"""The real services an end-to-end bench run stands on: its own PostgreSQL database, its own
+Redis queues, and worker processes started the way `scoring worker` starts them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kombu import Connection
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from schemas.db import make_engine, upgrade
+
+READY_TIMEOUT_S = 120.0
+
+
+class BenchError(RuntimeError):
+    """A bench run that could not be carried out, with what to check."""
+
+
+@contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one bench run, dropped afterwards."""
+    if not server_url.startswith("postgresql"):
+        raise BenchError(f"the e2e bench needs PostgreSQL, got {server_url!r}")
+    name = f"scoring_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        make_engine(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def clear_results(engine: Engine) -> None:
+    """Empty what arms write, so every repetition starts from the same table sizes."""
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE score_results, batch_metrics, bulk_duplicates"))
+
+
+def count_rows(engine: Engine, where: str = "") -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM score_results {where}")).scalar_one())
+
+
+def delete_queues(broker_url: str, *queues: str) -> None:
+    """Drop the bench's queues (priority sub-queues included) from Redis."""
+    with Connection(broker_url) as conn:
+        channel = conn.default_channel
+        for queue in queues:
+            channel.queue_delete(queue)
+
+
+def queue_length(broker_url: str, queue: str) -> int:
+    with Connection(broker_url) as conn:
+        return int(conn.default_channel._size(queue))  # every priority level
+
+
+@dataclass
+class WorkerProcs:
+    """Worker processes started with their own log files; `stop` ends only these."""
+
+    logs: list[Path]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def tail(self, lines: int = 30) -> str:
+        out = []
+        for log in self.logs:
+            text_lines = log.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {log.name}\n" + "\n".join(text_lines))
+        return "\n".join(out)
+
+
+def start_processes(
+    commands: list[list[str]], envs: list[dict[str, str]], logdir: Path, ready_marker: str
+) -> WorkerProcs:
+    """Start each command with its environment; wait until every log shows `ready_marker`."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    procs = WorkerProcs(logs=[logdir / f"proc-{uuid.uuid4().hex[:6]}.log" for _ in commands])
+    for command, env, log in zip(commands, envs, procs.logs, strict=True):
+        with log.open("wb") as fh:
+            procs.procs.append(
+                subprocess.Popen(command, env={**os.environ, **env}, stdout=fh, stderr=fh)
+            )
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    try:
+        while not all(ready_marker in log.read_text(errors="replace") for log in procs.logs):
+            dead = [p for p in procs.procs if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                raise BenchError(f"worker did not become ready:\n{procs.tail()}")
+            time.sleep(0.1)
+    except BaseException:
+        procs.stop()
+        raise
+    return procs
+
+
+def scoring_worker(
+    env: dict[str, str], queues: list[list[str]], logdir: Path, threads: int = 1
+) -> WorkerProcs:
+    """One real `scoring worker` process per queue list, each with `threads` torch threads.
+
+    Started as `scoring worker --one`, which is what `scoring worker --cpu N` runs in each
+    child; started directly so that each process can consume its own set of queues.
+    """
+    commands = [
+        [sys.executable, "-m", "scoring.cli", "worker", "--one", f"--queues={','.join(q)}"]
+        for q in queues
+    ]
+    envs = [
+        {
+            **env,
+            "SCORING_WORKER_NAME": f"bench{i}-{uuid.uuid4().hex[:4]}",
+            "SCORING_TORCH_THREADS": str(threads),
+            "CUDA_VISIBLE_DEVICES": "",
+        }
+        for i in range(len(queues))
+    ]
+    return start_processes(commands, envs, logdir, "warmed up")
+
+
+def wait_until(
+    count: Callable[[], int], target: int, stall_s: float, poll_s: float = 0.05
+) -> tuple[int, float]:
+    """Poll `count` until it reaches `target` or stops moving for `stall_s` seconds.
+
+    Returns (last count, monotonic time it was first seen at that value).
+    """
+    last, seen_at = count(), time.monotonic()
+    while last < target:
+        time.sleep(poll_s)
+        now_count = count()
+        if now_count != last:
+            last, seen_at = now_count, time.monotonic()
+        elif time.monotonic() - seen_at > stall_s:
+            break
+    return last, seen_at
