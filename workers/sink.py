@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from schemas.tables import BatchMetric, BulkDuplicate, ScoreResult, utcnow
 
@@ -86,7 +86,7 @@ class ResultSink:
                 if metrics:
                     conn.execute(insert(BatchMetric.__table__), metrics)
             except BaseException:
-                with contextlib.suppress(Exception):  # the rollback undoes a new staging table
+                with contextlib.suppress(Exception):  # a rollback undoes a new staging table
                     conn.info.pop(_STAGING, None)
                 raise
         return len(inserted)
@@ -95,7 +95,7 @@ class ResultSink:
         self, conn: Connection, results: list[dict[str, Any]]
     ) -> set[tuple[Any, ...]]:
         """Insert what is new; return the keys of the rows inserted."""
-        if conn.dialect.name == "postgresql":
+        if conn.dialect.name == "postgresql" and _staging_ready(conn):
             return _copy_insert(conn, results)
         table = ScoreResult.__table__
         stmt = (
@@ -162,12 +162,24 @@ _MOVE = (
 )
 
 
+def _staging_ready(conn: Connection) -> bool:
+    """Create the staging table once per database connection (SQLAlchemy clears `info` on
+    reconnect). A role without the TEMPORARY privilege gets multi-row inserts instead."""
+    ready = conn.info.get(_STAGING)
+    if ready is None:
+        try:
+            with conn.begin_nested():
+                conn.exec_driver_sql(_CREATE_STAGING)
+            ready = True
+        except ProgrammingError as exc:
+            log.warning("no temporary table for COPY (%s); using multi-row inserts", exc.orig)
+            ready = False
+        conn.info[_STAGING] = ready
+    return bool(ready)
+
+
 def _copy_insert(conn: Connection, results: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
-    """COPY into the staging table, then one idempotent INSERT ... SELECT; the staging
-    table is created once per database connection (SQLAlchemy clears `info` on reconnect)."""
-    if not conn.info.get(_STAGING):
-        conn.exec_driver_sql(_CREATE_STAGING)
-        conn.info[_STAGING] = True
+    """COPY into the staging table, then one idempotent INSERT ... SELECT."""
     arrays = _column_arrays(results, conn.dialect)
     raw = conn.connection.driver_connection
     try:

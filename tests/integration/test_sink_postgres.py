@@ -114,3 +114,19 @@ def test_naive_timestamps_are_refused_not_guessed(pg_url: str) -> None:
     with pytest.raises(ValueError, match="timezone"):
         sink.write(rows(2, enqueued_at=datetime(2024, 1, 1)), [])
     assert counts(pg_url) == (0, 0, 0)
+
+
+def test_a_role_without_temporary_tables_still_writes(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_engine(pg_url)
+    with engine.connect() as conn:
+        user, database = conn.execute(text("SELECT current_user, current_database()")).one()
+        conn.execute(text(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC, "{user}"'))
+        conn.commit()
+    engine.dispose()  # new connections see the revoked privilege
+    sink = ResultSink(make_engine(pg_url))
+    assert sink.write(rows(5), [metric(5)]) == 5
+    assert sink.write(rows(5) + rows(2, prefix="more"), []) == 2
+    assert counts(pg_url) == (7, 1, 0)
+    assert "using multi-row inserts" in caplog.text
