@@ -1,0 +1,249 @@
+"""`scoring bench runtime`: items/s of each model × backend × batch size, side by side with
+eager fp32 in the same process, plus each backend's top-label agreement with fp32.
+
+Speeds are of the model runtime itself (prepared tensors in, scores out), the median of
+interleaved rounds after warm-up, so a noisy machine slows both sides of each ratio alike.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+MLP_SIZES = [1, 8, 32, 128, 256]
+TEXT_SIZES = [1, 8, 32, 128]
+
+
+def command(
+    out: Path = typer.Option(Path("bench/results/runtime.json"), "--out"),
+    models: str = typer.Option("demo,minilm", "--models", help="demo, minilm or both."),
+    backends: str = typer.Option(None, "--backends", help="Default: every one for this device."),
+    threads: int = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
+    rounds: int = typer.Option(7, "--rounds", help="Timed rounds per measurement."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer sizes and rounds (a smoke run)."),
+) -> None:
+    """Measure the model runtime; write every row and the headline ratios to OUT."""
+    import torch
+
+    from workers.backends import CPU_BACKENDS, GPU_BACKENDS
+    from workers.runtime import pick_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = pick_device()
+    wanted = (
+        backends.split(",")
+        if backends
+        else list(GPU_BACKENDS if device.startswith("cuda") else CPU_BACKENDS)
+    )
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models.split(","):
+            record = _record(name, Path(tmp))
+            sizes = MLP_SIZES if name == "demo" else TEXT_SIZES
+            if quick:
+                sizes = [1, 32] if name == "minilm" else [1, 256]
+            rows += measure(record, wanted, device, sizes, 2 if quick else rounds)
+    result = {"machine": machine(device), "rows": rows, "ratios": ratios(rows)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    _print(result)
+
+
+def _record(name: str, tmp: Path) -> Any:
+    """An in-memory ModelVersion for a freshly built artifact (no database needed)."""
+    from schemas.tables import ModelVersion
+    from workers.artifacts import artifact_sha256, read_manifest
+
+    if name == "demo":
+        from scoring.demo_model import build_artifact
+    else:
+        from scoring.text_model import build_artifact
+    folder = build_artifact(tmp / name)
+    manifest = read_manifest(folder)
+    runtime = manifest.get("runtime", {})
+    return ModelVersion(
+        name=name,
+        version=1,
+        architecture=manifest["architecture"],
+        config=manifest["config"],
+        artifact_uri=str(folder),
+        artifact_sha256=artifact_sha256(folder),
+        input_schema=manifest["input_schema"],
+        max_batch_size=int(runtime.get("max_batch_size", 256)),
+    )
+
+
+def measure(
+    record: Any, backends: list[str], device: str, sizes: list[int], rounds: int
+) -> list[dict[str, Any]]:
+    from workers.backends import BackendUnavailable
+    from workers.quality import held_out, predict_all
+    from workers.runtime import load_model
+
+    inputs, _ = held_out(record)
+    record.max_batch_size = max(sizes)
+    eager = load_model(record, device, backend="eager")
+    reference = predict_all(eager, inputs)
+    rows = []
+    for backend in backends:
+        started = time.perf_counter()
+        try:
+            model = eager if backend == "eager" else load_model(record, device, backend=backend)
+            model.warm_up(inputs[0])
+        except (BackendUnavailable, RuntimeError) as exc:
+            rows.append({"model": record.name, "backend": backend, "error": str(exc)})
+            continue
+        prepare_s = time.perf_counter() - started
+        out = predict_all(model, inputs)
+        agreement = sum(a["label"] == b["label"] for a, b in zip(out, reference, strict=True))
+        for size in sizes:
+            speeds = _interleaved(eager, model, inputs, size, rounds)
+            rows.append(
+                {
+                    "model": record.name,
+                    "backend": backend,
+                    "batch": size,
+                    "items_per_s": round(speeds[1], 1),
+                    "eager_items_per_s": round(speeds[0], 1),
+                    "speedup_vs_eager": round(speeds[1] / speeds[0], 3),
+                    "agreement": round(agreement / len(inputs), 4),
+                    "prepare_s": round(prepare_s, 1),
+                }
+            )
+    return rows
+
+
+def _interleaved(
+    eager: Any,
+    model: Any,
+    inputs: list[dict[str, Any]],
+    size: int,
+    rounds: int,
+    min_round_s: float = 0.2,
+) -> tuple[float, float]:
+    """Median items/s of eager and `model` on the same prepared batch, rounds alternating."""
+    import torch
+
+    batch = model.architecture.prepare((inputs * (size // len(inputs) + 1))[:size], model.config)
+    batch = tuple(t.to(model.device) for t in batch)
+    runners = (eager.runner, model.runner)
+    with torch.inference_mode():
+        reps = []
+        for run in runners:
+            run(*batch)
+            started = time.perf_counter()
+            run(*batch)
+            reps.append(max(1, int(min_round_s / max(time.perf_counter() - started, 1e-6))))
+        times: tuple[list[float], list[float]] = ([], [])
+        for _ in range(rounds):
+            for i, run in enumerate(runners):
+                started = time.perf_counter()
+                for _ in range(reps[i]):
+                    run(*batch)
+                if model.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                times[i].append((time.perf_counter() - started) / reps[i])
+    return size / statistics.median(times[0]), size / statistics.median(times[1])
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures the issue asks for (missing ones are left out, not guessed)."""
+
+    def find(model: str, backend: str, batch: int) -> dict[str, Any] | None:
+        return next(
+            (
+                r
+                for r in rows
+                if r.get("model") == model
+                and r.get("backend") == backend
+                and r.get("batch") == batch
+            ),
+            None,
+        )
+
+    result: dict[str, Any] = {}
+    if row := find("demo", "int8", 256):
+        result["mlp_int8_vs_eager_b256"] = row["speedup_vs_eager"]
+    if row := find("minilm", "int8", 32):
+        result["transformer_int8_vs_eager_b32"] = row["speedup_vs_eager"]
+        result["transformer_int8_agreement"] = row["agreement"]
+    passing = [
+        r
+        for r in rows
+        if r.get("model") == "minilm" and r.get("batch") == 32 and r.get("agreement", 0) >= 0.99
+    ]
+    if passing:
+        best = max(passing, key=lambda r: r["speedup_vs_eager"])
+        result["transformer_best_vs_eager_b32"] = best["speedup_vs_eager"]
+        result["transformer_best_backend"] = best["backend"]
+    b1, b32 = find("minilm", "eager", 1), find("minilm", "eager", 32)
+    if b1 and b32:
+        result["transformer_b32_vs_b1"] = round(b32["items_per_s"] / b1["items_per_s"], 3)
+    return result
+
+
+def machine(device: str) -> dict[str, Any]:
+    import os
+
+    import torch
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "python": platform.python_version(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _print(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        "model",
+        "backend",
+        "batch",
+        "items/s",
+        "eager items/s",
+        "vs eager",
+        "agreement",
+        title=f"runtime on {result['machine']['device']} "
+        f"({result['machine']['torch_threads']} threads)",
+    )
+    for r in result["rows"]:
+        if "error" in r:
+            table.add_row(r["model"], r["backend"], "", "", "", "", r["error"][:40])
+            continue
+        table.add_row(
+            r["model"],
+            r["backend"],
+            str(r["batch"]),
+            f"{r['items_per_s']:,.0f}",
+            f"{r['eager_items_per_s']:,.0f}",
+            f"{r['speedup_vs_eager']}x",
+            str(r["agreement"]),
+        )
+    console = Console()
+    console.print(table)
+    console.print(json.dumps(result["ratios"], indent=2))
