@@ -18,7 +18,7 @@ import typer
 def command(
     out: Path = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     window_s: float = typer.Option(30.0, "--window-s", help="Seconds a rate must hold."),
-    max_windows: int = typer.Option(4, "--max-windows", help="Rate windows tried per arm."),
+    max_windows: int = typer.Option(6, "--max-windows", help="Rate windows tried per arm."),
     models: str = typer.Option("demo,minilm", "--models", help="Models (minilm if installed)."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Run batch-1 arm."),
     torch_threads: int = typer.Option(1, "--torch-threads", help="Threads per worker."),

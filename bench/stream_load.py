@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 # A window's rate holds when, at its end, the arm is less than this many seconds behind.
-MAX_BEHIND_S = 2.0
+MAX_BEHIND_S = 1.0
 # ...and the producer really offered the rate (else the window says nothing about the arm).
 MIN_OFFERED = 0.97
 
@@ -235,25 +235,33 @@ def rate_window(
 
 
 def sustained_rate(
-    load: Load | KcatLoad, arm: Arm, prefix: str, start: float, seconds: float, max_windows: int
+    load: Load | KcatLoad,
+    arm: Arm,
+    prefix: str,
+    start: float,
+    seconds: float,
+    max_windows: int,
 ) -> tuple[float | None, list[dict[str, Any]]]:
-    """The highest rate that held for a whole window: start near the drain rate, step up
-    by 15% after a success and down by 20% after a failure, until one of each is seen."""
-    rate, best, windows = start, None, []
+    """The highest rate that held for a whole window. From near the drain rate it steps up
+    by 25% while rates hold (down by 20% while they fail); once it has one of each, it
+    tries the midpoint until the windows run out."""
+    held: float | None = None
+    failed: float | None = None
+    rate, windows = start, []
     for i in range(max_windows):
         window, _ = rate_window(load, arm, f"{prefix}-w{i}", rate, seconds)
         windows.append(window)
-        failed_before = any(not w["sustained"] for w in windows[:-1])
         if window["sustained"]:
-            best = max(best or 0.0, rate)
-            if failed_before:
-                break
-            rate *= 1.15
+            held = max(held or 0.0, rate)
         else:
-            if best is not None:
+            failed = rate if failed is None else min(failed, rate)
+        if held is not None and failed is not None:
+            if failed / held < 1.05:
                 break
-            rate *= 0.8
-    return best, windows
+            rate = (held + failed) / 2
+        else:
+            rate = rate * 1.25 if failed is None else rate * 0.8
+    return held, windows
 
 
 def latency(

@@ -26,6 +26,8 @@ AREAS = (
     ("scorer+pipeline", ("workers/pipeline.py", "workers/service.py", "workers/batcher.py")),
 )
 SECONDS = 15
+# Leaf frames that mean a thread is waiting (IO, locks), not using the CPU.
+WAITING = ("selectors.py", "threading.py", "Connection.wait (psycopg", "queue.py")
 
 
 def profile_stream(
@@ -53,25 +55,30 @@ def profile_stream(
 
 
 def summarize(raw: str) -> dict[str, Any]:
-    """Share of CPU samples per area, and the functions that use the most themselves."""
+    """Share of busy samples per area, the share spent waiting, and the hottest functions."""
     areas: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
-    total = 0
+    total = waiting = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n, frames = int(count), stack.split(";")
         total += n
+        if any(w in frames[-1] for w in WAITING):
+            waiting += n
+            continue
         leaves[frames[-1]] += n
         areas[_area(frames)] += n
-    if not total:
-        return {"samples": 0}
+    busy = total - waiting
+    if not busy:
+        return {"samples": total}
     return {
         "samples": total,
-        "share_pct": {k: round(100 * v / total, 1) for k, v in areas.most_common()},
-        "top_self": [
-            {"frame": frame[:120], "pct": round(100 * v / total, 1)}
+        "waiting_pct": round(100 * waiting / total, 1),
+        "busy_share_pct": {k: round(100 * v / busy, 1) for k, v in areas.most_common()},
+        "top_self_pct_of_busy": [
+            {"frame": frame[:120], "pct": round(100 * v / busy, 1)}
             for frame, v in leaves.most_common(12)
         ],
     }
