@@ -177,6 +177,9 @@ def build_artifact(directory: Path, max_tokens: int = 32) -> Path:
         "labels": LABELS,
         "max_tokens": max_tokens,
         "encoder_sha256": encoder_sha256(encoder_dir()),
+        # The first layer's FFN output is the one Linear whose int8 error moves top labels
+        # (agreement with fp32 0.990 with it quantized, 0.995 without, on the held-out set).
+        "int8_skip": ["layer.0.output.dense"],
     }
     encoder = load_encoder()
     with torch.inference_mode():
