@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 EXTRAS ?= text,dev
-# uv installs from its cache (~/.cache/uv) when it is warm: seconds, not minutes.
+# uv installs from its cache (~/.cache/uv) when it is warm: seconds, not minutes. Run as a
+# module it would install into the interpreter running it, hence --python.
 UV := $(PYTHON) -m uv
 
 .PHONY: install demo test test-unit services services-down lint bench clean
@@ -12,7 +13,7 @@ UV := $(PYTHON) -m uv
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv
 	$(UV) venv -q --allow-existing --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip install -q -e ".[$(EXTRAS)]"
+	$(UV) pip install -q --python $(VENV)/bin/python -e ".[$(EXTRAS)]"
 	@touch $@
 
 install: $(VENV)/.installed
