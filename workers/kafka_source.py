@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 FINISHED = ("stored", "dead")
 MAX_BACKOFF_S = 30.0
+# Poll timeout while a batch is being scored: short, so a finished batch is published soon.
+POLL_WHILE_SCORING_MS = 5
 
 
 @dataclass
@@ -139,15 +141,14 @@ class StreamWorker:
         return self.stats
 
     def step(self) -> int:
-        """Poll and submit a batch, then finish (publish, commit) the oldest one in flight.
+        """Poll and submit a batch, then finish (publish, commit) batches that are done.
 
-        With `depth` 2 the scorer works on this poll while the previous one's results are
-        published and committed; when nothing new is waiting, the batch in flight is finished
-        at once. Returns the number of records polled.
+        The scorer works on one poll while the previous one's results are published and
+        committed; the oldest batch is waited for only when `depth` polls are in flight.
+        While one is, polls are short, so that new records reach the scorer and finished
+        batches are published without waiting for each other. Returns records polled.
         """
-        # With a batch in flight, take only what is already fetched: waiting here for new
-        # records would hold that batch's commit (and its latency) hostage to the next ones.
-        timeout = 0 if self._in_flight else self.poll_timeout_ms
+        timeout = POLL_WHILE_SCORING_MS if self._in_flight else self.poll_timeout_ms
         polled = self.consumer.poll(timeout_ms=timeout)
         records = [r for batch in polled.values() for r in batch]
         if records:
@@ -156,7 +157,9 @@ class StreamWorker:
             items = [work_item(record) for record in records]
             ticket = self.service.submit(items)
             self._in_flight.append(_Batch(records, items, ticket, time.monotonic()))
-        while self._in_flight and (not records or len(self._in_flight) >= self.depth):
+        while self._in_flight and (
+            len(self._in_flight) >= self.depth or self._in_flight[0].ticket.wait(0)
+        ):
             self._finish(self._in_flight.popleft())
         self.commit()  # also retries a commit that failed earlier
         return len(records)
