@@ -121,11 +121,12 @@ def run_stream(settings: Settings, service: ScoringService, stop: threading.Even
         except KafkaError as exc:
             failures += 1
             log.error("kafka consumer failed (%s); reconnecting", exc)
-            stop.wait(min(2.0**failures, MAX_BACKOFF_S))
         finally:
             _close_quietly(worker)
             for name, value in vars(worker.stats).items():
                 setattr(total, name, getattr(total, name) + value)
+        if failures:
+            stop.wait(min(2.0**failures, MAX_BACKOFF_S))
     return total
 
 
