@@ -2,7 +2,10 @@
 runtime alone (the ceiling) and with what users write by hand, and scaling by a worker.
 
 Arms, on the same machine, model and data, one after another; each repetition stops at
---rows rows or --seconds seconds, whichever comes first, and the figure is the median:
+--rows rows or --seconds seconds, whichever comes first, and the figure is the median.
+Repetitions are interleaved (every arm once, then every arm again), so that a burst of
+load from elsewhere on a shared machine lands on one repetition of each arm, not on all
+repetitions of one arm:
   inprocess    the model runtime alone, micro-batches of the version's max batch size
   product      `scoring bulk` through real Redis into 2 `scoring worker` processes with 1
                torch thread each (what `scoring worker --cpu 2` runs here) into PostgreSQL
@@ -21,7 +24,6 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,9 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Engine
 
 from bench.e2e_arms import Budget, Rep
 from bench.e2e_models import BenchModel, demo_model, text_model
-from bench.e2e_stack import clear_results
 from scoring.settings import Settings, get_settings
 
 ARMS = (
@@ -99,13 +99,8 @@ class Plan:
         return max(1, min(self.rows, int(faster_rate * self.seconds) + 1))
 
 
-def repeat(reps: int, engine: Engine | None, one: Callable[[int], Rep]) -> dict[str, Any]:
-    """Run `one(rep)` `reps` times from empty result tables; median rows/s, every rep kept."""
-    runs = []
-    for rep in range(reps):
-        if engine is not None:
-            clear_results(engine)
-        runs.append(one(rep))
+def summarise(runs: list[Rep]) -> dict[str, Any]:
+    """Median rows/s of an arm's repetitions, with every repetition kept."""
     return {
         "rows_per_s": round(statistics.median(r.rows_per_s for r in runs), 1),
         "lost": sum(r.lost for r in runs),

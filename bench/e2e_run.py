@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import sys
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from celery import Celery
 from sqlalchemy import Engine, text
 
 from bench import e2e_arms as arms_mod
-from bench.e2e import Plan, repeat
+from bench.e2e import Plan, summarise
 from bench.e2e_models import BenchModel
 from bench.e2e_stack import (
     WorkerProcs,
@@ -34,7 +36,7 @@ from schemas.tables import ModelVersion
 from scoring.settings import Settings
 from workers import registry
 from workers.celery_app import create_app
-from workers.runtime import load_model
+from workers.runtime import LoadedModel, load_model
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,23 @@ class Stack:
         }
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the run: `one(rep)` runs a repetition, from empty tables if `clears`."""
+
+    group: str  # a model's name, or "-" for arms that do not depend on the model
+    name: str
+    one: Callable[[int], arms_mod.Rep]
+    clears: bool = True
+
+
+Results = dict[tuple[str, str], list[arms_mod.Rep]]
+
+
 def run(
     plan: Plan, settings: Settings, models: list[BenchModel], work: Path, tag: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every arm, in order; returns (arms, context for the report)."""
+    """Every arm once per repetition, in order; returns (arms, context for the report)."""
     queues = Queues.for_tag(tag)
     load_at_start = os.getloadavg()
     with scratch_database(settings.database_url) as url, _queues_dropped(settings, queues):
@@ -98,16 +113,16 @@ def run(
                 m.name: _register(engine, bench_settings, m, work, plan.quick) for m in models
             }
             stack = Stack(engine, bench_settings, queues, records, work)
-            arms = _no_worker_arms(plan, stack, models)
-            if plan.wants("product") or plan.wants("product_1x1") or plan.wants("per_request"):
-                with _product_workers(stack):
-                    for bench_model in models:
-                        arms[bench_model.name].update(_product_arms(plan, stack, bench_model, arms))
-            demo = next((m for m in models if not m.model_bound), None)
-            if demo is not None and plan.wants("naive"):
-                arms[demo.name]["naive"] = _naive_arm(plan, stack, demo)
+            results: Results = defaultdict(list)
+            arms = _arms(plan, stack, models, results)
+            with _workers(plan, stack, models):
+                for rep in range(plan.reps):
+                    for arm in arms:
+                        if arm.clears:
+                            clear_results(engine)
+                        results[(arm.group, arm.name)].append(arm.one(rep))
             machine = _machine(engine, load_at_start)
-            return arms, {"machine": machine, "batch_sizes": _batch_sizes(records)}
+            return _report_arms(results), {"machine": machine, "batch_sizes": _batch_sizes(records)}
         finally:
             engine.dispose()
 
@@ -127,86 +142,97 @@ def _register(
     return registry.register(engine, settings.model_store, model.name, artifact)
 
 
-def _no_worker_arms(plan: Plan, stack: Stack, models: list[BenchModel]) -> dict[str, Any]:
-    """Enqueue, sink alone, ORM per row, and each model's runtime alone."""
+def _median(results: Results, group: str, name: str) -> float | None:
+    runs = results.get((group, name))
+    return statistics.median(r.rows_per_s for r in runs) if runs else None
+
+
+def _arms(plan: Plan, stack: Stack, models: list[BenchModel], results: Results) -> list[Arm]:
+    """The arms wanted, in the order each repetition runs them."""
     first = models[0]
-    out: dict[str, Any] = {m.name: {} for m in models}
+    arms: list[Arm] = []
+    budget, engine = plan.budget(), stack.engine
     if plan.wants("enqueue"):
         app = stack.app(stack.queues.enqueue)
         requests = first.requests(plan.rows, "enq", seed=5)
-        out["enqueue"] = repeat(
-            plan.reps, None, lambda _: arms_mod.enqueue(app, requests, plan.budget(), plan.chunk)
-        )
+        enqueue = lambda _: arms_mod.enqueue(app, requests, budget, plan.chunk)  # noqa: E731
+        arms.append(Arm("-", "enqueue", enqueue))
     rows = arms_mod.result_rows(plan.rows, "sink", stack.records[first.name])
     if plan.wants("sink"):
-        out["sink"] = repeat(
-            plan.reps, stack.engine, lambda _: arms_mod.sink(stack.engine, rows, plan.budget())
-        )
+        arms.append(Arm("-", "sink", lambda _: arms_mod.sink(engine, rows, budget)))
     if plan.wants("orm_per_row"):
-        out["orm_per_row"] = repeat(
-            plan.reps,
-            stack.engine,
-            lambda _: arms_mod.orm_per_row(stack.engine, rows, plan.budget()),
-        )
-    clear_results(stack.engine)
-    if plan.wants("inprocess"):
-        for bench_model in models:
-            out[bench_model.name]["inprocess"] = _inprocess_arm(plan, stack, bench_model)
-    return out
+        arms.append(Arm("-", "orm_per_row", lambda _: arms_mod.orm_per_row(engine, rows, budget)))
+    for model in models:
+        if plan.wants("inprocess"):
+            arms.extend(_inprocess_arms(plan, stack, model))
+        arms.extend(_product_arms(plan, stack, model, results))
+        if not model.model_bound and plan.wants("per_request"):
+            arms.append(Arm(model.name, "per_request", _per_request(plan, stack, model)))
+        if not model.model_bound and plan.wants("naive"):
+            arms.append(Arm(model.name, "naive", _naive(plan, stack, model)))
+    return arms
 
 
-def _inprocess_arm(plan: Plan, stack: Stack, model: BenchModel) -> dict[str, Any]:
-    """The runtime alone with 1 torch thread and with one per core; the better is the
-    ceiling (a small model loses to thread hand-offs, a transformer gains)."""
-    loaded = load_model(stack.records[model.name])
+def _inprocess_arms(plan: Plan, stack: Stack, model: BenchModel) -> list[Arm]:
+    """The runtime alone with 1 torch thread and with one per core; the report keeps the
+    better as the ceiling (a small model loses to thread hand-offs, a transformer gains)."""
+    loaded: list[LoadedModel] = []  # loaded on first use, once
     inputs = [inputs for _, inputs, _ in model.rows(min(plan.rows, 4096), 6)]
-    by_threads = {}
-    for threads in sorted({1, os.cpu_count() or 1}):
-        torch.set_num_threads(threads)
-        by_threads[threads] = repeat(
-            plan.reps, None, lambda _: arms_mod.inprocess(loaded, inputs, plan.budget())
-        )
-    best = max(by_threads, key=lambda t: by_threads[t]["rows_per_s"])
-    return {**by_threads[best], "torch_threads": best, "by_threads": by_threads}
+
+    def at(threads: int) -> Callable[[int], arms_mod.Rep]:
+        def one(_: int) -> arms_mod.Rep:
+            if not loaded:
+                loaded.append(load_model(stack.records[model.name]))
+            torch.set_num_threads(threads)
+            return arms_mod.inprocess(loaded[0], inputs, plan.budget())
+
+        return one
+
+    counts = sorted({1, os.cpu_count() or 1})
+    return [Arm(model.name, f"inprocess@{t}", at(t), clears=False) for t in counts]
 
 
-@contextmanager
-def _product_workers(stack: Stack) -> Iterator[WorkerProcs]:
-    """Worker 0 consumes `one` and `all`, worker 1 only `all`: one set of processes serves
-    both the 1-worker and the 2-worker arms (an idle worker just blocks on Redis)."""
-    q = stack.queues
-    procs = scoring_worker(stack.worker_env(), [[q.one, q.all], [q.all]], stack.work / "logs")
-    try:
-        yield procs
-    finally:
-        procs.stop()
-
-
-def _product_arms(
-    plan: Plan, stack: Stack, model: BenchModel, arms: dict[str, Any]
-) -> dict[str, Any]:
+def _product_arms(plan: Plan, stack: Stack, model: BenchModel, results: Results) -> list[Arm]:
+    """Bulk files sized for at least --seconds of work at the rate of the faster arm before
+    (the runtime alone, then the 2-worker product), at most --rows rows."""
     record = stack.records[model.name]
-    out: dict[str, Any] = {}
-    faster = arms[model.name].get("inprocess", {}).get("rows_per_s")
-    for arm, queue in (("product", stack.queues.all), ("product_1x1", stack.queues.one)):
-        if not plan.wants(arm):
-            continue
-        rows = plan.rows_for(faster)
-        data = model.write_csv(stack.work / f"{model.name}-{rows}.csv", rows, seed=1)
+    files: dict[int, Path] = {}
+
+    def data(rows: int) -> Path:
+        if rows not in files:
+            files[rows] = model.write_csv(stack.work / f"{model.name}-{rows}.csv", rows, seed=1)
+        return files[rows]
+
+    def arm(name: str, queue: str, faster: Callable[[], float | None]) -> Arm:
         app = stack.app(queue)
 
-        def one(_: int, app: Celery = app, data: Path = data) -> arms_mod.Rep:
-            return arms_mod.bulk(app, stack.engine, data, record, plan.chunk, plan.stall_s)
+        def one(_: int) -> arms_mod.Rep:
+            path = data(plan.rows_for(faster()))
+            return arms_mod.bulk(app, stack.engine, path, record, plan.chunk, plan.stall_s)
 
-        out[arm] = repeat(plan.reps, stack.engine, one)
-        out[arm]["rows"] = rows
-        faster = out[arm]["rows_per_s"]
-    if not model.model_bound and plan.wants("per_request"):
-        out["per_request"] = _per_request_arm(plan, stack, model)
+        return Arm(model.name, name, one)
+
+    def ceiling() -> float | None:
+        return max(_inprocess_rates(results, model.name).values(), default=None)
+
+    out = []
+    if plan.wants("product"):
+        out.append(arm("product", stack.queues.all, ceiling))
+    if plan.wants("product_1x1"):
+        two = lambda: _median(results, model.name, "product") or ceiling()  # noqa: E731
+        out.append(arm("product_1x1", stack.queues.one, two))
     return out
 
 
-def _per_request_arm(plan: Plan, stack: Stack, model: BenchModel) -> dict[str, Any]:
+def _inprocess_rates(results: Results, group: str) -> dict[int, float]:
+    return {
+        int(name.split("@")[1]): statistics.median(r.rows_per_s for r in runs)
+        for (g, name), runs in results.items()
+        if g == group and name.startswith("inprocess@")
+    }
+
+
+def _per_request(plan: Plan, stack: Stack, model: BenchModel) -> Callable[[int], arms_mod.Rep]:
     send = arms_mod.per_request_sender(stack.app(stack.queues.all))
 
     def one(rep: int) -> arms_mod.Rep:
@@ -215,37 +241,91 @@ def _per_request_arm(plan: Plan, stack: Stack, model: BenchModel) -> dict[str, A
             send, requests, lambda: count_rows(stack.engine), plan.budget(), window=2000
         )
 
-    return repeat(plan.reps, stack.engine, one)
+    return one
 
 
-def _naive_arm(plan: Plan, stack: Stack, model: BenchModel) -> dict[str, Any]:
-    """The naive worker (Celery defaults: prefork, one child per core) on its own queue."""
+def _naive(plan: Plan, stack: Stack, model: BenchModel) -> Callable[[int], arms_mod.Rep]:
     from bench.naive_app import TASK
     from bench.naive_app import create_app as naive_app
 
-    app = naive_app(stack.settings, stack.queues.naive)
-    send = arms_mod.naive_sender(app, TASK)
-    procs = start_processes(
-        [[sys.executable, "-m", "bench.naive_app", stack.queues.naive]],
-        [stack.worker_env()],
-        stack.work / "logs",
-        " ready.",
-    )
+    send = arms_mod.naive_sender(naive_app(stack.settings, stack.queues.naive), TASK)
+
+    def one(rep: int) -> arms_mod.Rep:
+        requests = model.requests(plan.rows, f"nv{rep}", seed=2)
+        return arms_mod.paced(
+            send, requests, lambda: count_rows(stack.engine), plan.budget(), window=1000
+        )
+
+    return one
+
+
+@contextmanager
+def _workers(plan: Plan, stack: Stack, models: list[BenchModel]) -> Iterator[None]:
+    """The product's workers and the naive worker, idle (blocked on Redis) between arms.
+
+    Worker 0 consumes `one` and `all`, worker 1 only `all`: one set of processes serves
+    both the 1-worker and the 2-worker arms. The naive worker (Celery defaults: prefork,
+    one child per core) loads its model in each child on a few warm-up requests.
+    """
+    q = stack.queues
+    started: list[WorkerProcs] = []
     try:
-        clear_results(stack.engine)
-        warm = model.requests(20, "warm", seed=3)
-        send(warm)  # each child loads its model on first use
-        wait_until(lambda: count_rows(stack.engine), len(warm), plan.stall_s)
-
-        def one(rep: int) -> arms_mod.Rep:
-            requests = model.requests(plan.rows, f"nv{rep}", seed=2)
-            return arms_mod.paced(
-                send, requests, lambda: count_rows(stack.engine), plan.budget(), window=1000
+        if {"product", "product_1x1", "per_request"} & plan.arms:
+            started.append(
+                scoring_worker(stack.worker_env(), [[q.one, q.all], [q.all]], stack.work / "logs")
             )
-
-        return repeat(plan.reps, stack.engine, one)
+        demo = next((m for m in models if not m.model_bound), None)
+        if demo is not None and plan.wants("naive"):
+            started.append(
+                start_processes(
+                    [[sys.executable, "-m", "bench.naive_app", q.naive]],
+                    [stack.worker_env()],
+                    stack.work / "logs",
+                    " ready.",
+                )
+            )
+            _warm_naive(plan, stack, demo)
+        yield
     finally:
-        procs.stop()
+        for procs in started:
+            procs.stop()
+
+
+def _warm_naive(plan: Plan, stack: Stack, model: BenchModel) -> None:
+    from bench.naive_app import TASK
+    from bench.naive_app import create_app as naive_app
+
+    clear_results(stack.engine)
+    send = arms_mod.naive_sender(naive_app(stack.settings, stack.queues.naive), TASK)
+    warm = model.requests(20, "warm", seed=3)
+    send(warm)  # each child loads its model on first use
+    wait_until(lambda: count_rows(stack.engine), len(warm), plan.stall_s)
+    clear_results(stack.engine)
+
+
+def _report_arms(results: Results) -> dict[str, Any]:
+    """{arm: figures} for model-independent arms, {model: {arm: figures}} for the rest;
+    the in-process arm is the better of its thread counts, both kept."""
+    arms: dict[str, Any] = {}
+    for (group, name), runs in results.items():
+        if group == "-":
+            arms[name] = summarise(runs)
+            continue
+        section = arms.setdefault(group, {})
+        if name.startswith("inprocess@"):
+            by_threads = section.setdefault("_by_threads", {})
+            by_threads[int(name.split("@")[1])] = summarise(runs)
+        else:
+            section[name] = summarise(runs)
+    for section in arms.values():
+        by_threads = section.pop("_by_threads", None) if isinstance(section, dict) else None
+        if by_threads:
+            best = max(by_threads, key=lambda t: by_threads[t]["rows_per_s"])
+            inprocess = {**by_threads[best], "torch_threads": best, "by_threads": by_threads}
+            rest = dict(section)
+            section.clear()
+            section.update({"inprocess": inprocess, **rest})
+    return arms
 
 
 def _batch_sizes(records: dict[str, ModelVersion]) -> dict[str, int]:
