@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,3 +55,11 @@ def inprocess_worker(app: Celery) -> Iterator[Celery]:
     ):
         yield app
     app.scoring_context.close()  # type: ignore[attr-defined]
+
+
+def run_scoring(*args: str, env: dict[str, str], cwd: Any = None, timeout: float = 600,
+                stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`scoring ARGS` as a user runs it: a separate process, with exactly `env`."""
+    return subprocess.run([sys.executable, "-m", "scoring.cli", *args], env=env, cwd=cwd,
+                          input=stdin, text=True, capture_output=True, timeout=timeout,
+                          check=False)

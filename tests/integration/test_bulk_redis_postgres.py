@@ -14,20 +14,13 @@ from sqlalchemy import text
 
 from schemas.db import make_engine
 from scoring.demo_model import write_csv
-from tests.helpers import count_results
+from tests.helpers import count_results, run_scoring
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def scoring(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "scoring.cli", *args],
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
+def scoring(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return run_scoring(*args, env=env, timeout=300)
 
 
 @pytest.fixture

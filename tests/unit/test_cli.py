@@ -5,25 +5,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_scoring
+
 
 def scoring(
-    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600
+    cwd: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCORING_")}
-    return subprocess.run(
-        [sys.executable, "-m", "scoring.cli", *args],
-        cwd=cwd,
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-        env={**clean, **(env or {})},
-    )
+    return run_scoring(*args, env={**clean, **(env or {})}, cwd=cwd)
 
 
 @pytest.mark.slow
