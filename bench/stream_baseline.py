@@ -13,25 +13,60 @@ import signal
 import threading
 from typing import Any
 
+log = logging.getLogger("bench.stream_baseline")
+
 
 def main() -> None:
-    from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-    from kafka.structs import OffsetAndMetadata, TopicPartition
+    from kafka import KafkaConsumer, KafkaProducer
 
     from producers.kafka_producer import producer_config
-    from schemas.db import make_engine
     from scoring.settings import get_settings
-    from workers import registry
     from workers.kafka_runner import consumer_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    settings = get_settings()
+    pipeline = _pipeline(settings)
+    consumer = KafkaConsumer(**{**consumer_config(settings), "max_poll_records": 1})
+    consumer.subscribe([settings.kafka_topic], listener=_logged())
+    producer = KafkaProducer(**producer_config(settings))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    handled = 0
+    while not stop.is_set():
+        for records in consumer.poll(timeout_ms=200, max_records=1).values():
+            for record in records:
+                _handle(record, pipeline, consumer, producer, settings.kafka_results_topic)
+                handled += 1
+    producer.flush()
+    consumer.close(autocommit=False)
+    producer.close()
+    log.info("baseline stopped after %d records", handled)
+
+
+def _handle(record: Any, pipeline: Any, consumer: Any, producer: Any, results: str) -> None:
+    """Validate, score and insert one record (one transaction), then commit its offset."""
+    from kafka.structs import OffsetAndMetadata, TopicPartition
+
     from workers.kafka_source import result_event, work_item
+
+    item = work_item(record)
+    pipeline.process([item])
+    if item.result is not None:
+        key = item.result["request_id"].encode()
+        producer.send(results, key=key, value=result_event(item.result))
+    tp = TopicPartition(record.topic, record.partition)
+    consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "", -1)})
+
+
+def _pipeline(settings: Any) -> Any:
+    """The stream worker's pipeline, without its micro-batcher; active models loaded."""
+    from schemas.db import make_engine
+    from workers import registry
     from workers.pipeline import PipelineConfig, ScoringPipeline
     from workers.runtime import ModelCache, pick_device
     from workers.sink import ResultSink
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    log = logging.getLogger("bench.stream_baseline")
-    settings = get_settings()
     if settings.torch_threads:
         import torch
 
@@ -45,38 +80,21 @@ def main() -> None:
     )
     for name, version in registry.active_versions(engine).items():
         pipeline.models.get(registry.get_version(engine, name, version))
+    return pipeline
+
+
+def _logged() -> Any:
+    from kafka import ConsumerRebalanceListener
 
     class Logged(ConsumerRebalanceListener):
-        def on_partitions_revoked(self, revoked: object) -> None:
+        def on_partitions_revoked(self, revoked: Any) -> None:
             pass
 
         def on_partitions_assigned(self, assigned: Any) -> None:
             names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned))
             log.info("partitions assigned: %s", names or "none")
 
-    consumer = KafkaConsumer(**{**consumer_config(settings), "max_poll_records": 1})
-    consumer.subscribe([settings.kafka_topic], listener=Logged())
-    producer = KafkaProducer(**producer_config(settings))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    handled = 0
-    while not stop.is_set():
-        for records in consumer.poll(timeout_ms=200, max_records=1).values():
-            for record in records:
-                item = work_item(record)
-                pipeline.process([item])  # validate, score, insert: one transaction
-                if item.result is not None:
-                    key = item.result["request_id"].encode()
-                    producer.send(
-                        settings.kafka_results_topic, key=key, value=result_event(item.result)
-                    )
-                tp = TopicPartition(record.topic, record.partition)
-                consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "", -1)})
-                handled += 1
-    producer.flush()
-    consumer.close(autocommit=False)
-    producer.close()
-    log.info("baseline stopped after %d records", handled)
+    return Logged()
 
 
 if __name__ == "__main__":
