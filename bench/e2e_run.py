@@ -22,6 +22,7 @@ from bench import e2e_arms as arms_mod
 from bench.e2e import Plan, summarise
 from bench.e2e_models import BenchModel
 from bench.e2e_stack import (
+    CpuMeter,
     WorkerProcs,
     clear_results,
     count_rows,
@@ -97,7 +98,7 @@ def run(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every arm once per repetition, in order; returns (arms, context for the report)."""
     queues = Queues.for_tag(tag)
-    load_at_start = os.getloadavg()
+    load_at_start, meter = os.getloadavg(), CpuMeter()
     with scratch_database(settings.database_url) as url, _queues_dropped(settings, queues):
         bench_settings = settings.model_copy(
             update={
@@ -121,7 +122,7 @@ def run(
                         if arm.clears:
                             clear_results(engine)
                         results[(arm.group, arm.name)].append(arm.one(rep))
-            machine = _machine(engine, load_at_start)
+            machine = _machine(engine, load_at_start, meter)
             return _report_arms(results), {"machine": machine, "batch_sizes": _batch_sizes(records)}
         finally:
             engine.dispose()
@@ -332,7 +333,9 @@ def _batch_sizes(records: dict[str, ModelVersion]) -> dict[str, int]:
     return {name: r.max_batch_size for name, r in records.items()}
 
 
-def _machine(engine: Engine, load_at_start: tuple[float, float, float]) -> dict[str, Any]:
+def _machine(
+    engine: Engine, load_at_start: tuple[float, float, float], meter: CpuMeter
+) -> dict[str, Any]:
     """What the figures depend on; the load averages say how busy the box was around it."""
     with engine.connect() as conn:
         pg = conn.execute(text("SHOW server_version")).scalar_one()
@@ -347,6 +350,7 @@ def _machine(engine: Engine, load_at_start: tuple[float, float, float]) -> dict[
     return {
         "load_average_at_start": [round(x, 2) for x in load_at_start],
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "cpu_share_used_elsewhere": meter.other_share(),
         "cpus": os.cpu_count(),
         "cpu_model": model_name,
         "python": platform.python_version(),

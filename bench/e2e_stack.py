@@ -161,3 +161,55 @@ def wait_until(
         elif time.monotonic() - seen_at > stall_s:
             break
     return last, seen_at
+
+
+def _service_cpu_s() -> float:
+    """CPU seconds used so far by PostgreSQL and Redis processes (they serve the bench)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm, rest = raw[raw.index("(") + 1 : raw.rindex(")")], raw[raw.rindex(")") + 2 :]
+        if comm.startswith(("postgres", "redis-server")):
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds the whole machine has been busy (all processes), from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuMeter:
+    """How much of the machine other work took while the bench ran: everything busy minus
+    this process, the workers it started (waited for) and PostgreSQL/Redis. Linux only."""
+
+    started: float = field(default_factory=time.monotonic)
+    busy: float = field(default_factory=_busy_cpu_s)
+    services: float = field(default_factory=_service_cpu_s)
+    own: float = field(default_factory=lambda: _own_cpu_s())
+
+    def other_share(self) -> float:
+        """Share of all cores used by other processes since the meter started (0..1)."""
+        elapsed = (time.monotonic() - self.started) * (os.cpu_count() or 1)
+        other = (
+            (_busy_cpu_s() - self.busy)
+            - (_service_cpu_s() - self.services)
+            - (_own_cpu_s() - self.own)
+        )
+        return round(max(0.0, other) / max(elapsed, 1e-9), 3)
+
+
+def _own_cpu_s() -> float:
+    import resource
+
+    usage = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
