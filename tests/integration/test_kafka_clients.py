@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import demo_requests, wait_for
-from tests.integration.kafka_stack import KafkaStack, read_topic
+from tests.integration.kafka_stack import KafkaStack, open_stack, read_topic
 from workers.kafka_lag import consumer_lag
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -23,20 +23,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def stack(
     kafka_bootstrap: str, pg_url: str, make_topic, tmp_path: Path, demo_artifact: Path
 ) -> Iterator[KafkaStack]:
-    s = KafkaStack(
-        bootstrap=kafka_bootstrap,
-        database_url=pg_url,
-        store=tmp_path / "store",
-        logs=tmp_path,
-        requests=make_topic("requests", 2),
-        results=make_topic("results", 1),
-        dlq=make_topic("dlq", 1),
-    )
-    s.register_demo(demo_artifact)
-    try:
+    with open_stack(kafka_bootstrap, pg_url, make_topic, tmp_path, demo_artifact, 2, 1) as s:
         yield s
-    finally:
-        s.stop_all()
 
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

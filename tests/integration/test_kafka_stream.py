@@ -13,7 +13,7 @@ import pytest
 from producers.kafka_producer import EventProducer
 from scoring import constants as c
 from tests.helpers import demo_requests, wait_for
-from tests.integration.kafka_stack import KafkaStack, read_topic
+from tests.integration.kafka_stack import KafkaStack, open_stack, read_topic
 from workers.kafka_lag import consumer_lag
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -25,20 +25,8 @@ RESULTS = "SELECT count(*) FROM score_results"
 def stack(
     kafka_bootstrap: str, pg_url: str, make_topic, tmp_path: Path, demo_artifact: Path
 ) -> Iterator[KafkaStack]:
-    s = KafkaStack(
-        bootstrap=kafka_bootstrap,
-        database_url=pg_url,
-        store=tmp_path / "store",
-        logs=tmp_path,
-        requests=make_topic("requests", 4),
-        results=make_topic("results", 4),
-        dlq=make_topic("dlq", 1),
-    )
-    s.register_demo(demo_artifact)
-    try:
+    with open_stack(kafka_bootstrap, pg_url, make_topic, tmp_path, demo_artifact, 4, 4) as s:
         yield s
-    finally:
-        s.stop_all()
 
 
 def produce(stack: KafkaStack, requests: list[dict]) -> None:
