@@ -59,11 +59,17 @@ def count_rows(engine: Engine, where: str = "") -> int:
 
 
 def delete_queues(broker_url: str, *queues: str) -> None:
-    """Drop the bench's queues (priority sub-queues included) from Redis."""
+    """Drop the bench's queues (every priority sub-queue) and their bindings from Redis.
+
+    kombu's queue_delete only knows bindings declared by the same channel, so this uses
+    the transport's own key layout: Celery binds each queue to a direct exchange of its
+    name, and dead letters go through the default exchange.
+    """
     with Connection(broker_url) as conn:
         channel = conn.default_channel
         for queue in queues:
-            channel.queue_delete(queue)
+            for exchange in (queue, ""):
+                channel._delete(queue, exchange, queue, "")
 
 
 def queue_length(broker_url: str, queue: str) -> int:
