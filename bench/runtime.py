@@ -51,9 +51,10 @@ def command(
             if quick:
                 sizes = [1, 32] if name == "minilm" else [1, 256]
             rows += measure(record, wanted, device, sizes, 2 if quick else rounds)
-    result = {"machine": machine(device), "rows": rows, "ratios": ratios(rows)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+            # Written after each model, so a run cut short still leaves what it measured.
+            result = {"machine": machine(device), "rows": rows, "ratios": ratios(rows)}
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2))
     _print(result)
 
 
@@ -247,3 +248,7 @@ def _print(result: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     console.print(json.dumps(result["ratios"], indent=2))
+
+
+if __name__ == "__main__":  # `python -m bench.runtime`: needs only the model stack, no CLI deps
+    typer.run(command)

@@ -1,10 +1,11 @@
 """Runtime backends: how a loaded fp32 module is turned into what actually serves.
 
 eager (fp32), int8 (dynamic int8 of the Linear layers, per-channel weights), compiled
-(torch.compile, Inductor with frozen weights), compiled-int8 (torchao int8 dynamic
-activation + int8 weight, then compiled), and on CUDA fp16, bf16 and tensorrt. A backend
-that cannot run here fails in `check_backend`, at registration or validation time, with
-what to do; never while serving.
+(torch.compile, Inductor with frozen weights; on CUDA also CUDA graphs, since the batch
+buckets are static), compiled-int8 (torchao int8 dynamic activation + int8 weight, then
+compiled), bf16 and compiled-bf16 (on CUDA, and on CPUs with native bf16: AVX512-BF16 or
+AMX), and on CUDA fp16 and tensorrt. A backend that cannot run here fails in
+`check_backend`, at registration or validation time, with what to do; never while serving.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-CPU_BACKENDS = ("eager", "int8", "compiled", "compiled-int8")
-GPU_BACKENDS = ("eager", "compiled", "fp16", "bf16", "tensorrt")
+CPU_BACKENDS = ("eager", "int8", "compiled", "compiled-int8", "bf16", "compiled-bf16")
+GPU_BACKENDS = ("eager", "compiled", "fp16", "bf16", "compiled-bf16", "tensorrt")
 ALL_BACKENDS = tuple(dict.fromkeys(CPU_BACKENDS + GPU_BACKENDS))
 # Backends whose serving shapes are fixed: batches are padded up to these sizes.
-COMPILED = ("compiled", "compiled-int8", "tensorrt")
+COMPILED = ("compiled", "compiled-int8", "compiled-bf16", "tensorrt")
 BUCKETS = (1, 8, 32, 128, 256)
 
 Runner = Callable[..., torch.Tensor]
@@ -38,7 +39,12 @@ def check_backend(backend: str, device: str) -> None:
             f"unknown backend {backend!r}; choose from {', '.join(ALL_BACKENDS)}"
         )
     on_gpu = device.startswith("cuda")
-    if backend in ("fp16", "bf16", "tensorrt") and not on_gpu:
+    if backend in ("bf16", "compiled-bf16") and not on_gpu and not cpu_has_bf16():
+        raise BackendUnavailable(
+            f"backend {backend!r} needs a GPU or a CPU with native bf16 (AVX512-BF16 or "
+            "AMX); use int8 or compiled-int8 on this CPU"
+        )
+    if backend in ("fp16", "tensorrt") and not on_gpu:
         raise BackendUnavailable(
             f"backend {backend!r} needs a CUDA GPU; this worker scores on "
             f"{device}. Use eager, int8, compiled or compiled-int8 on CPU"
@@ -53,6 +59,12 @@ def check_backend(backend: str, device: str) -> None:
         )
     if backend == "compiled-int8" and importlib.util.find_spec("torchao") is None:
         raise BackendUnavailable("backend 'compiled-int8' needs torchao: pip install torchao")
+
+
+def cpu_has_bf16() -> bool:
+    """oneDNN has bf16 kernels for this CPU (without them bf16 is emulated, and slow)."""
+    mkldnn = torch.backends.mkldnn
+    return bool(mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def bucket_for(n: int, max_batch_size: int) -> int:
@@ -83,12 +95,14 @@ def apply_backend(module: nn.Module, backend: str, device: str, config: dict[str
         return module
     if backend == "int8":
         return _dynamic_int8(module, skip)
+    cuda = device.startswith("cuda")
     if backend == "compiled":
-        return _compile(module)
+        return _compile(module, cuda)
     if backend == "compiled-int8":
-        return _compile(_torchao_int8(module, skip))
-    if backend in ("fp16", "bf16"):
-        return _half(module, torch.float16 if backend == "fp16" else torch.bfloat16)
+        return _compile(_torchao_int8(module, skip), cuda)
+    if backend in ("fp16", "bf16", "compiled-bf16"):
+        dtype = torch.float16 if backend == "fp16" else torch.bfloat16
+        return _half(module, dtype, compile_on=device if backend == "compiled-bf16" else None)
     return _tensorrt(module, config)
 
 
@@ -117,7 +131,7 @@ def _torchao_int8(module: nn.Module, skip: list[str]) -> nn.Module:
     return module
 
 
-def _compile(module: nn.Module) -> Runner:
+def _compile(module: nn.Module, cuda: bool = False) -> Runner:
     import torch._dynamo.config as dynamo
     import torch._inductor.config as inductor
 
@@ -125,14 +139,19 @@ def _compile(module: nn.Module) -> Runner:
     # One graph per batch bucket and per loaded version: well past dynamo's default of 8,
     # after which it would silently fall back to eager.
     dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
-    return torch.compile(module, dynamic=False)  # type: ignore[return-value]
+    # On CUDA a small model is launch-bound: CUDA graphs replay each bucket's kernels at once.
+    mode = "reduce-overhead" if cuda else None
+    return torch.compile(module, dynamic=False, mode=mode)  # type: ignore[return-value]
 
 
-def _half(module: nn.Module, dtype: torch.dtype) -> Runner:
+def _half(module: nn.Module, dtype: torch.dtype, compile_on: str | None = None) -> Runner:
+    """Weights and float inputs in `dtype`; scores come back as float32."""
     module = module.to(dtype)
+    runner = _compile(module, compile_on.startswith("cuda")) if compile_on else module
 
     def run(*inputs: torch.Tensor) -> torch.Tensor:
-        return module(*(t.to(dtype) if t.is_floating_point() else t for t in inputs))
+        out = runner(*(t.to(dtype) if t.is_floating_point() else t for t in inputs))
+        return out.float()
 
     return run
 

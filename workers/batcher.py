@@ -30,8 +30,8 @@ def next_batch(
     or STOP. A timeout of None blocks. The wait is measured from the first item's arrival,
     so no item waits in the batcher longer than `max_wait_s`; items already waiting are
     taken even when the wait is spent (a `max_wait_s` of 0 batches what is there).
-    Returns None on STOP with nothing gathered; a STOP that arrives mid-batch ends the batch and is seen next call
-    (the caller's receive must keep returning STOP once stopped).
+    Returns None on STOP with nothing gathered; a STOP that arrives mid-batch ends the
+    batch and is seen next call (the caller's receive must keep returning STOP once stopped).
     """
     first = receive(None)
     while first is None:

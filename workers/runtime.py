@@ -47,10 +47,13 @@ class LoadedModel:
         return self.architecture.postprocess(output[:n].detach().float().cpu(), self.config)
 
     def warm_up(self, example: dict[str, Any]) -> list[int]:
-        """Run every batch bucket once (compiles happen here, not on a request)."""
+        """Run every batch bucket (compiles happen here, not on a request). On CUDA each
+        bucket runs three times: compiled models record their CUDA graphs on a later call."""
         sizes = buckets(self.max_batch_size) if self.backend in COMPILED else [1]
+        repeats = 3 if self.device.startswith("cuda") else 1
         for size in sizes:
-            self.predict([example] * size)
+            for _ in range(repeats):
+                self.predict([example] * size)
         return sizes
 
 

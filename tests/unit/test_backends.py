@@ -11,7 +11,13 @@ from torch import nn
 from schemas.db import make_engine
 from tests.helpers import demo_requests
 from workers import registry
-from workers.backends import BackendUnavailable, bucket_for, check_backend, quantizable_linears
+from workers.backends import (
+    BackendUnavailable,
+    bucket_for,
+    check_backend,
+    cpu_has_bf16,
+    quantizable_linears,
+)
 from workers.quality import Thresholds, validate
 from workers.runtime import load_model
 
@@ -61,6 +67,31 @@ def test_int8_scores_like_fp32_on_the_demo_model(demo_record) -> None:  # type: 
     assert any("quantized" in type(m).__module__ for m in int8.runner.modules())
     out = int8.predict(rows)
     assert sum(a["label"] == b["label"] for a, b in zip(eager, out, strict=True)) >= 198
+
+
+def test_bf16_on_a_cpu_without_native_bf16_says_what_to_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("workers.backends.cpu_has_bf16", lambda: False)
+    with pytest.raises(BackendUnavailable, match="native bf16.*use int8"):
+        check_backend("compiled-bf16", "cpu")
+    check_backend("bf16", "cuda:0")  # a GPU always has it
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16")
+@pytest.mark.parametrize("backend", ["bf16", "compiled-bf16"])
+def test_bf16_scores_like_fp32_and_returns_float32(demo_record, backend: str) -> None:  # type: ignore[no-untyped-def]
+    _, record = demo_record
+    rows = [r["inputs"] for r in demo_requests(200)]
+    eager = load_model(record, backend="eager").predict(rows)
+    model = load_model(record, backend=backend)
+    model.warm_up(rows[0])
+    out = model.predict(rows[:37])  # padded to a bucket, then trimmed
+    assert len(out) == 37
+    assert sum(a["label"] == b["label"] for a, b in zip(eager, out)) >= 36
+    batch = model.architecture.prepare(rows[:8], model.config)
+    with torch.inference_mode():
+        assert model.runner(*batch).dtype == torch.float32
 
 
 @pytest.mark.slow

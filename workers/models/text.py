@@ -73,7 +73,8 @@ class PrototypeClassifier(nn.Module):
         self.register_buffer("prototypes", torch.zeros(n_labels, dim))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(input_ids, attention_mask) @ self.prototypes.T
+        # float32 whatever the encoder's dtype (bf16/fp16 backends): cosines need the bits.
+        return self.encoder(input_ids, attention_mask) @ self.prototypes.float().T
 
 
 def load_encoder(expected_sha256: str | None = None) -> SentenceEncoder:
