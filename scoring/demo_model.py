@@ -15,7 +15,7 @@ from torch import nn
 from workers.artifacts import save_artifact
 from workers.models.mlp import TabularMLP
 
-HIDDEN = [256, 256]
+HIDDEN = [512, 512]
 LABELS = ["malignant", "benign"]
 
 

@@ -28,8 +28,11 @@ class Settings(BaseSettings):
     # Unacked Redis messages come back after this many seconds (celery#4984): keep it above
     # the worst time a message can spend buffered plus scored.
     visibility_timeout_s: int = 600
-    # Messages one worker process holds unacknowledged; also celery-batches' flush size.
-    worker_prefetch: int = Field(default=64, ge=1)
+    # Rows one worker process holds unacknowledged: its message prefetch (and celery-batches'
+    # flush size) is this over the rows per message it has seen, at most worker_prefetch.
+    worker_hold_rows: int = Field(default=512, ge=1)
+    # The most messages one worker process holds (per-event messages of one request each).
+    worker_prefetch: int = Field(default=256, ge=1)
     # Seconds celery-batches waits before flushing a partial buffer.
     worker_flush_interval_s: float = Field(default=0.05, gt=0)
 
@@ -94,7 +97,8 @@ class Settings(BaseSettings):
             "task_reject_on_worker_lost": True,
             "task_acks_on_failure_or_timeout": False,
             "task_ignore_result": True,
-            "worker_prefetch_multiplier": self.worker_prefetch,
+            # One message until the first flush shows the rows per message (workers.prefetch).
+            "worker_prefetch_multiplier": 1,
             "worker_send_task_events": True,
             "task_send_sent_event": False,
             "task_default_queue": self.requests_queue,

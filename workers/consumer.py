@@ -1,4 +1,5 @@
-"""Celery's consumer, changed in one way: messages it cannot use become dead letters.
+"""Celery's consumer, changed so that messages it cannot use become dead letters (and so
+that workers.prefetch can reach its QoS).
 
 Stock Celery logs and drops a message it cannot decode (say, pickle, which we never
 accept) or whose task it does not know. Here each one is parked on the dead-letter queue
@@ -16,6 +17,9 @@ from workers.dead_letters import CeleryDeadLetters
 
 
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app.scoring_consumer = self  # workers.prefetch sets its QoS in rows
     def _park(self, message: Any, reason: str) -> None:
         settings = self.app.scoring_settings
         body = message.body

@@ -23,6 +23,7 @@ from workers.context import LazyContext, build_context
 from workers.dead_letters import CeleryDeadLetters
 from workers.kafka_runner import StreamThread, route_dead_letters
 from workers.pipeline import WorkItem, from_epoch
+from workers.prefetch import RowPrefetch
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,18 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         name=c.SCORE_TASK,
         acks_late=True,
         typing=False,
-        flush_every=settings.worker_prefetch,
+        flush_every=1,  # then set by RowPrefetch
         flush_interval=settings.worker_flush_interval_s,
     )
     def score(requests: list[SimpleRequest]) -> int:
         items = [item for req in requests for item in _items(req)]
+        prefetch.observe(len(requests), len(items))
         ticket = context.get().service.submit(items)
         ticket.wait()
         _requeue_failed(app, items, dead_letters)
         return len(items)
+
+    prefetch = RowPrefetch(score, settings.worker_hold_rows, settings.worker_prefetch)
 
     @signals.worker_ready.connect(weak=False)
     def _warm(sender: Any = None, **_: Any) -> None:
