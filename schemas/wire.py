@@ -36,6 +36,8 @@ class ScoreRequest(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata_small(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            return value
         size = len(json.dumps(value, separators=(",", ":")).encode())
         if size > MAX_METADATA_BYTES:
             raise ValueError(f"metadata is {size} bytes; at most {MAX_METADATA_BYTES} allowed")

@@ -83,7 +83,7 @@ class ScoringPipeline:
         caller then leaves the batch unacknowledged for redelivery.
         """
         started = utcnow()
-        active = registry.active_versions(self.engine)
+        active = _ActiveVersions(self.engine)
         rows: list[dict[str, Any]] = []
         ready: list[Scored] = []
         for item in items:
@@ -99,7 +99,11 @@ class ScoringPipeline:
     # -- checking ---------------------------------------------------------------------
 
     def _check(
-        self, item: WorkItem, active: dict[str, int], now: datetime, rows: list[dict[str, Any]]
+        self,
+        item: WorkItem,
+        active: _ActiveVersions,
+        now: datetime,
+        rows: list[dict[str, Any]],
     ) -> Scored | None:
         try:
             request = _parse(item.payload)
@@ -125,7 +129,7 @@ class ScoringPipeline:
             return None
         return Scored(item, request, inputs, model)
 
-    def _model_for(self, request: ScoreRequest, active: dict[str, int]) -> LoadedModel:
+    def _model_for(self, request: ScoreRequest, active: _ActiveVersions) -> LoadedModel:
         version = request.model_version or active.get(request.model)
         if version is None:
             raise registry.RegistryError(f"model {request.model!r} has no active version")
@@ -226,6 +230,21 @@ class ScoringPipeline:
             "worker": self.config.worker,
         }
         return item.result
+
+
+class _ActiveVersions:
+    """The active version of each model, read at most once per batch and only if a request
+    in it names no version (bulk runs pin theirs): promote/rollback apply from the next batch.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._versions: dict[str, int] | None = None
+
+    def get(self, name: str) -> int | None:
+        if self._versions is None:
+            self._versions = registry.active_versions(self.engine)
+        return self._versions.get(name)
 
 
 def _predict_isolating_failures(model: LoadedModel, chunk: list[Scored]) -> None:
