@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kombu import Connection
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, text
 
-from schemas.db import make_engine, upgrade
+from schemas import db
 
 READY_TIMEOUT_S = 120.0
 
@@ -32,19 +31,8 @@ def scratch_database(server_url: str) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for one bench run, dropped afterwards."""
     if not server_url.startswith("postgresql"):
         raise BenchError(f"the e2e bench needs PostgreSQL, got {server_url!r}")
-    name = f"scoring_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
+    with db.scratch_database(server_url, "scoring_bench") as url:
         yield url
-    finally:
-        make_engine(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def clear_results(engine: Engine) -> None:

@@ -22,6 +22,9 @@ def command(
     models: str = typer.Option("demo,minilm", "--models", help="Models (minilm if installed)."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Run batch-1 arm."),
     torch_threads: int = typer.Option(1, "--torch-threads", help="Threads per worker."),
+    text_backend: str = typer.Option(
+        "eager", "--text-backend", help="MiniLM's backend (as `promote --auto-backend` sets)."
+    ),
     profile: bool = typer.Option(False, "--profile", help="py-spy the stream worker."),
     quick: bool = typer.Option(False, "--quick", help="5 s windows, 2 per arm: development."),
 ) -> None:
@@ -34,6 +37,7 @@ def command(
         models=tuple(m.strip() for m in models.split(",") if m.strip()),
         baseline=baseline,
         torch_threads=torch_threads,
+        text_backend=text_backend,
         profile=profile,
         profile_to=out.with_suffix(".pyspy.txt") if (profile and out) else None,
         drain_s=3.0 if quick else 10.0,

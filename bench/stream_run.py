@@ -44,6 +44,7 @@ class Options:
     models: tuple[str, ...] = (c.DEMO_MODEL, c.TEXT_MODEL)
     baseline: bool = True
     torch_threads: int = 1
+    text_backend: str = "eager"
     profile: bool = False
     profile_to: Path | None = None  # where the raw py-spy samples are written
     drain_s: float = 10.0
@@ -65,7 +66,7 @@ def run(opts: Options, log: Any = print) -> dict[str, Any]:
     options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(opts).items()}
     report: dict[str, Any] = {"bench": "stream", "machine": _machine(), "options": options}
     with _stack() as stack:
-        payloads, skipped = _register(stack, opts.models)
+        payloads, skipped = _register(stack, opts.models, opts.text_backend)
         report["skipped"] = skipped
         threads = opts.torch_threads
         arms = [_start(stack, "stream", threads)]
@@ -190,31 +191,22 @@ def _stack() -> Iterator[Stack]:
 
 def _temp_database(url: str, workdir: Path, run_id: str) -> tuple[str, Any]:
     """A migrated database of this run's own (PostgreSQL if configured, else SQLite)."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from contextlib import ExitStack
 
-    from schemas.db import upgrade
+    from schemas.db import scratch_database, upgrade
 
     if not url.startswith("postgresql"):
         own = f"sqlite:///{workdir / 'bench.db'}"
         upgrade(own)
         return own, lambda: None
-    name = f"bench_stream_{run_id}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    own = make_url(url).set(database=name).render_as_string(hide_password=False)
-    upgrade(own)
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return own, drop
+    cleanup = ExitStack()
+    own = cleanup.enter_context(scratch_database(url, f"bench_stream_{run_id}"))
+    return own, cleanup.close
 
 
-def _register(stack: Stack, models: tuple[str, ...]) -> tuple[dict[str, Payload], dict[str, str]]:
+def _register(
+    stack: Stack, models: tuple[str, ...], text_backend: str = "eager"
+) -> tuple[dict[str, Payload], dict[str, str]]:
     """Register the demo classifier (and MiniLM if its code is installed); request makers."""
     from schemas.db import make_engine
     from scoring.demo_model import build_artifact, sample_rows
@@ -231,7 +223,11 @@ def _register(stack: Stack, models: tuple[str, ...]) -> tuple[dict[str, Payload]
             from scoring.text_model import build_artifact as build_text
             from scoring.text_model import sample_texts
 
-            registry.register(engine, store, c.TEXT_MODEL, build_text(stack.workdir / "text"))
+            text = registry.register(
+                engine, store, c.TEXT_MODEL, build_text(stack.workdir / "text")
+            )
+            if text_backend != "eager":
+                registry.set_backend(engine, c.TEXT_MODEL, text.version, text_backend)
             texts = [json.dumps({"text": t}) for t, _ in sample_texts(2000, 7)]
             payloads[c.TEXT_MODEL] = _payload(c.TEXT_MODEL, texts)
         except Exception as exc:  # noqa: BLE001 - the text model is optional here

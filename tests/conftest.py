@@ -13,10 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from schemas.db import make_engine, upgrade
+from schemas.db import scratch_database, upgrade
 from scoring.demo_model import build_artifact
 from scoring.settings import Settings
 
@@ -60,19 +58,8 @@ def pg_server_url() -> str:
 @pytest.fixture
 def pg_url(pg_server_url: str) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database per test, dropped afterwards."""
-    name = f"scoring_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    try:
+    with scratch_database(pg_server_url, "scoring_test") as url:
         yield url
-    finally:
-        make_engine(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

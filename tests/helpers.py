@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -57,9 +58,32 @@ def inprocess_worker(app: Celery) -> Iterator[Celery]:
     app.scoring_context.close()  # type: ignore[attr-defined]
 
 
-def run_scoring(*args: str, env: dict[str, str], cwd: Any = None, timeout: float = 600,
-                stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def worker_env(redis_url: str, database_url: str, settings: Any, **extra: str) -> dict[str, str]:
+    """The environment of a `scoring` process on this test's queues, store and database."""
+    return {
+        **os.environ,
+        "SCORING_BROKER_URL": redis_url,
+        "SCORING_DATABASE_URL": database_url,
+        "SCORING_MODEL_STORE": str(settings.model_store),
+        "SCORING_REQUESTS_QUEUE": settings.requests_queue,
+        "SCORING_DEAD_LETTER_QUEUE": settings.dead_letter_queue,
+        "SCORING_TORCH_THREADS": "1",
+        "SCORING_WORKER_FLUSH_INTERVAL_S": "0.02",
+        **extra,
+    }
+
+
+def run_scoring(
+    *args: str, env: dict[str, str], cwd: Any = None, timeout: float = 600, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """`scoring ARGS` as a user runs it: a separate process, with exactly `env`."""
-    return subprocess.run([sys.executable, "-m", "scoring.cli", *args], env=env, cwd=cwd,
-                          input=stdin, text=True, capture_output=True, timeout=timeout,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "scoring.cli", *args],
+        env=env,
+        cwd=cwd,
+        input=stdin,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )

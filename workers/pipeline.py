@@ -12,13 +12,15 @@ import logging
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from schemas.tables import utcnow
 from schemas.wire import InputError, ScoreRequest, check_inputs
@@ -26,7 +28,7 @@ from scoring import constants as c
 from workers import registry
 from workers.artifacts import ArtifactError
 from workers.runtime import LoadedModel, ModelCache
-from workers.sink import ResultSink
+from workers.sink import ResultSink, SinkUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +137,8 @@ class ScoringPipeline:
             raise registry.RegistryError(f"model {request.model!r} has no active version")
         key = (request.model, version)
         if key not in self._records:
-            self._records[key] = registry.get_version(self.engine, request.model, version)
+            with _database_needed():
+                self._records[key] = registry.get_version(self.engine, request.model, version)
         return self.models.get(self._records[key])
 
     def _dead(self, item: WorkItem, reason: str) -> None:
@@ -243,8 +246,19 @@ class _ActiveVersions:
 
     def get(self, name: str) -> int | None:
         if self._versions is None:
-            self._versions = registry.active_versions(self.engine)
+            with _database_needed():
+                self._versions = registry.active_versions(self.engine)
         return self._versions.get(name)
+
+
+@contextmanager
+def _database_needed() -> Iterator[None]:
+    """A registry read that hits a database outage fails the batch like the sink does
+    (nothing stored, redelivered later), not as an unexpected error."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise SinkUnavailable(f"database unavailable: {exc.orig!r}") from exc
 
 
 def _predict_isolating_failures(model: LoadedModel, chunk: list[Scored]) -> None:

@@ -70,12 +70,14 @@ class KafkaStack:
     def register_demo(self, artifact: Path) -> None:
         registry.register(self.engine(), self.store, "demo", artifact)
 
-    def start(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *argv: str, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """`scoring stream` (or another command) as a process of its own, named `name`."""
         log = (self.logs / f"{name}.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "scoring.cli", *(argv or ("stream",))],
-            env={**self.env, "SCORING_WORKER_NAME": name},
+            env={**self.env, "SCORING_WORKER_NAME": name, **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from sqlalchemy import text
 
 from schemas.db import make_engine
 from scoring.demo_model import write_csv
-from tests.helpers import count_results, run_scoring
+from tests.helpers import count_results, run_scoring, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,17 +27,7 @@ def stack(
     redis_url: str, pg_url: str, make_settings, tmp_path: Path, demo_artifact: Path
 ) -> Iterator[dict[str, str]]:
     """Registered demo model v1 and a `scoring worker` process consuming this test's queue."""
-    s = make_settings()
-    env = {
-        **os.environ,
-        "SCORING_BROKER_URL": redis_url,
-        "SCORING_DATABASE_URL": pg_url,
-        "SCORING_MODEL_STORE": str(s.model_store),
-        "SCORING_REQUESTS_QUEUE": s.requests_queue,
-        "SCORING_DEAD_LETTER_QUEUE": s.dead_letter_queue,
-        "SCORING_TORCH_THREADS": "1",
-        "SCORING_WORKER_FLUSH_INTERVAL_S": "0.02",
-    }
+    env = worker_env(redis_url, pg_url, make_settings())
     registered = scoring(env, "models", "register", "demo", str(demo_artifact))
     assert registered.returncode == 0, registered.stderr
     log = (tmp_path / "worker.log").open("w")

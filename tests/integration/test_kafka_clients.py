@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import demo_requests, wait_for
+from tests.helpers import demo_requests, run_scoring, wait_for
 from tests.integration.kafka_stack import KafkaStack, open_stack, read_topic
 from workers.kafka_lag import consumer_lag
 
@@ -28,15 +28,7 @@ def stack(
 
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "scoring.cli", *args],
-        env=env,
-        input=stdin,
-        text=True,
-        capture_output=True,
-        timeout=300,
-        check=False,
-    )
+    return run_scoring(*args, env=env, stdin=stdin, timeout=300)
 
 
 def test_an_event_published_by_kcat_in_the_documented_format_is_scored(

@@ -4,6 +4,7 @@ loses nothing, doubles nothing, survives a SIGKILL, and dead-letters what it can
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from producers.kafka_producer import EventProducer
 from scoring import constants as c
 from tests.helpers import demo_requests, wait_for
 from tests.integration.kafka_stack import KafkaStack, open_stack, read_topic
+from tests.tcp_proxy import proxy_for
 from workers.kafka_lag import consumer_lag
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -120,3 +122,34 @@ def test_malformed_events_become_dead_letters_and_the_rest_are_scored(stack: Kaf
     stop_and_check_lag(stack, "stream-a")
     assert stack.scalar(RESULTS) == 5_000
     assert stack.scalar("SELECT count(*) FROM score_results WHERE status = 'ok'") == 5_000
+
+
+def test_a_database_outage_mid_stream_loses_and_doubles_nothing(stack: KafkaStack) -> None:
+    """The worker reaches PostgreSQL through a proxy that is cut for 6 s mid-stream: batches
+    it could not store are not committed, so after the outage they are read and scored
+    again; every event ends with exactly one result row and nothing is dead-lettered."""
+    with proxy_for(stack.database_url) as proxy:
+        stack.start(
+            "stream-db", extra_env={"SCORING_DATABASE_URL": proxy.url_for(stack.database_url)}
+        )
+        wait_for(lambda: len(stack.assigned("stream-db")) == 4, timeout=120)
+        produce(stack, demo_requests(5_000, prefix="outage"))
+        wait_for(lambda: stack.scalar(RESULTS) >= 500, timeout=120, every=0.05)
+        proxy.cut()
+        cut_at = stack.scalar(RESULTS)
+        produce(stack, demo_requests(5_000, prefix="during"))
+
+        time.sleep(6)
+        assert stack.scalar(RESULTS) == cut_at  # nothing got through while it was down
+        proxy.restore()
+        wait_for(lambda: stack.scalar(RESULTS) >= 10_000, timeout=180, every=0.5)
+        rows, distinct = stack.rows(
+            "SELECT count(*), count(DISTINCT request_id) FROM score_results"
+        )[0]
+        assert (rows, distinct) == (10_000, 10_000)
+        assert cut_at < 10_000
+        log = stack.log("stream-db")
+        assert "not stored, will be redelivered" in log and "rewound" in log, log[-3000:]
+        assert "failed unexpectedly" not in log, log[-3000:]
+        stop_and_check_lag(stack, "stream-db")
+    assert read_topic(stack.bootstrap, stack.dlq, at_least=0, timeout=10) == []
