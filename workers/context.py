@@ -29,7 +29,8 @@ class WorkerContext:
     service: ScoringService
 
     def warm_up(self) -> list[str]:
-        """Load every active model version now, so the first request pays no load time."""
+        """Load (and warm up: see ModelCache) every active version now, so the first
+        request pays no load or compile time."""
         loaded = []
         for name, version in registry.active_versions(self.pipeline.engine).items():
             model = self.pipeline.models.get(
@@ -41,12 +42,6 @@ class WorkerContext:
     def close(self) -> None:
         self.service.close()
         self.pipeline.engine.dispose()
-
-
-def example_inputs(schema: dict[str, str]) -> dict[str, object]:
-    """A valid request body for `schema`, for warm-up runs."""
-    values = {"float": 0.0, "int": 0, "str": "warm up the model", "bool": False}
-    return {name: values[type_name] for name, type_name in schema.items()}
 
 
 def build_context(

@@ -57,6 +57,12 @@ class LoadedModel:
         return sizes
 
 
+def example_inputs(schema: dict[str, str]) -> dict[str, Any]:
+    """A valid request body for `schema`, for warm-up runs."""
+    values = {"float": 0.0, "int": 0, "str": "warm up the model", "bool": False}
+    return {name: values[type_name] for name, type_name in schema.items()}
+
+
 def _pad(batch: tuple[torch.Tensor, ...], size: int) -> tuple[torch.Tensor, ...]:
     n = batch[0].shape[0]
     if n == size:
@@ -108,7 +114,12 @@ def load_model(
 
 
 class ModelCache:
-    """Loaded versions by (name, version); a worker process holds one copy of each."""
+    """Loaded versions by (name, version); a worker process holds one copy of each.
+
+    A version is warmed up (every batch bucket run) as it is loaded, before it serves its
+    first batch: at worker start for the active versions, and on first use for any other
+    (a version promoted later, or named by a request), so serving never compiles.
+    """
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
@@ -117,7 +128,9 @@ class ModelCache:
     def get(self, record: ModelVersion) -> LoadedModel:
         key = (record.name, record.version)
         if key not in self._models:
-            self._models[key] = load_model(record, self.device)
+            model = load_model(record, self.device)
+            model.warm_up(example_inputs(model.input_schema))
+            self._models[key] = model
         return self._models[key]
 
     def __len__(self) -> int:

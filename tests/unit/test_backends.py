@@ -130,3 +130,22 @@ def test_promote_refuses_an_unvalidated_or_failed_backend(demo_record) -> None: 
     )
     problem = registry.gate_problem(registry.get_version(engine, "demo", 1))
     assert problem.startswith("backend 'int8' failed the quality gate: top-label agreement")
+
+
+@pytest.mark.slow
+def test_a_worker_warms_every_bucket_before_its_first_batch(demo_record) -> None:  # type: ignore[no-untyped-def]
+    """The worker's model cache, not only the benchmark, runs the buckets at load time."""
+    from torch._dynamo.utils import counters
+
+    from workers.runtime import ModelCache
+
+    engine, record = demo_record
+    registry.set_backend(engine, "demo", record.version, "compiled")
+    torch._dynamo.reset()
+    model = ModelCache().get(registry.get_version(engine, "demo", record.version))
+    compiled = counters["stats"]["unique_graphs"]
+    assert model.backend == "compiled" and compiled >= 5
+    rows = [r["inputs"] for r in demo_requests(256)]
+    for n in (1, 9, 200, 33):
+        model.predict(rows[:n])
+    assert counters["stats"]["unique_graphs"] == compiled
