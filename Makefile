@@ -37,6 +37,7 @@ test-unit: install
 
 lint: install
 	$(VENV)/bin/ruff check scoring schemas producers workers bench tests
+	$(VENV)/bin/ruff format --check scoring schemas producers workers bench tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache scoring.db scoring.db-* model-store

@@ -20,6 +20,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.app.scoring_consumer = self  # workers.prefetch sets its QoS in rows
+
     def _park(self, message: Any, reason: str) -> None:
         settings = self.app.scoring_settings
         body = message.body

@@ -17,8 +17,10 @@ def flower(
     s = settings()
     auth = s.flower_auth.get_secret_value() if s.flower_auth else ""
     if ":" not in auth:
-        fail("set SCORING_FLOWER_AUTH=user:password first: Flower's API can start tasks and "
-             "shut workers down, so it never runs without authentication")
+        fail(
+            "set SCORING_FLOWER_AUTH=user:password first: Flower's API can start tasks and "
+            "shut workers down, so it never runs without authentication"
+        )
     from workers.celery_app import create_app
 
     os.environ["FLOWER_BASIC_AUTH"] = auth  # not on the command line, where `ps` shows it

@@ -155,15 +155,25 @@ def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 120) 
 
 
 @contextmanager
-def open_stack(bootstrap: str, database_url: str, make_topic: Any, tmp_path: Path,
-               artifact: Path, request_partitions: int,
-               result_partitions: int) -> Iterator[KafkaStack]:
+def open_stack(
+    bootstrap: str,
+    database_url: str,
+    make_topic: Any,
+    tmp_path: Path,
+    artifact: Path,
+    request_partitions: int,
+    result_partitions: int,
+) -> Iterator[KafkaStack]:
     """A stack on topics of this test's own, with the demo model registered; stops every
     process it started on the way out."""
     stack = KafkaStack(
-        bootstrap=bootstrap, database_url=database_url, store=tmp_path / "store",
-        logs=tmp_path, requests=make_topic("requests", request_partitions),
-        results=make_topic("results", result_partitions), dlq=make_topic("dlq", 1),
+        bootstrap=bootstrap,
+        database_url=database_url,
+        store=tmp_path / "store",
+        logs=tmp_path,
+        requests=make_topic("requests", request_partitions),
+        results=make_topic("results", result_partitions),
+        dlq=make_topic("dlq", 1),
     )
     stack.register_demo(artifact)
     try:

@@ -39,25 +39,47 @@ def get(url: str, auth: str | None = None) -> tuple[int, bytes]:
         return 0, b""
 
 
-def test_flower_needs_auth_and_sees_the_worker(redis_url: str, make_settings,
-                                               tmp_path: Path) -> None:
+def test_flower_needs_auth_and_sees_the_worker(
+    redis_url: str, make_settings, tmp_path: Path
+) -> None:
     s = make_settings()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SCORING_")},
-           "SCORING_BROKER_URL": redis_url, "SCORING_REQUESTS_QUEUE": s.requests_queue,
-           "SCORING_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}"}
-    refused = subprocess.run([sys.executable, "-m", "scoring.cli", "flower"], env=env,
-                             capture_output=True, text=True, timeout=120, check=False)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SCORING_")},
+        "SCORING_BROKER_URL": redis_url,
+        "SCORING_REQUESTS_QUEUE": s.requests_queue,
+        "SCORING_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
+    }
+    refused = subprocess.run(
+        [sys.executable, "-m", "scoring.cli", "flower"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert refused.returncode == 2 and "SCORING_FLOWER_AUTH" in refused.stderr
 
     port, auth = free_port(), "ops:s3cret-pass"
     log = (tmp_path / "procs.log").open("w")
-    subprocess.run([sys.executable, "-m", "scoring.cli", "db", "upgrade"], env=env, check=True,
-                   capture_output=True, timeout=120)
-    worker = subprocess.Popen([sys.executable, "-m", "scoring.cli", "worker", "--cpu", "1"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
-    flower = subprocess.Popen([sys.executable, "-m", "scoring.cli", "flower", f"--port={port}"],
-                              env={**env, "SCORING_FLOWER_AUTH": auth}, stdout=log,
-                              stderr=subprocess.STDOUT)
+    subprocess.run(
+        [sys.executable, "-m", "scoring.cli", "db", "upgrade"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "scoring.cli", "worker", "--cpu", "1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    flower = subprocess.Popen(
+        [sys.executable, "-m", "scoring.cli", "flower", f"--port={port}"],
+        env={**env, "SCORING_FLOWER_AUTH": auth},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: get(base + "/")[0] == 401, timeout=120, every=1)
@@ -66,8 +88,11 @@ def test_flower_needs_auth_and_sees_the_worker(redis_url: str, make_settings,
         def worker_listed() -> bool:
             status, body = get(base + "/api/workers?refresh=1", auth)
             workers = json.loads(body or b"{}") if status == 200 else {}
-            return any(q.get("name") == s.requests_queue
-                       for info in workers.values() for q in info.get("active_queues") or [])
+            return any(
+                q.get("name") == s.requests_queue
+                for info in workers.values()
+                for q in info.get("active_queues") or []
+            )
 
         wait_for(worker_listed, timeout=120, every=2)
     finally:

@@ -15,8 +15,11 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 
 def test_every_setting_is_documented() -> None:
-    missing = [f"SCORING_{name.upper()}" for name in Settings.model_fields
-               if f"`SCORING_{name.upper()}`" not in README]
+    missing = [
+        f"SCORING_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`SCORING_{name.upper()}`" not in README
+    ]
     assert not missing, f"settings missing from the README: {missing}"
 
 
