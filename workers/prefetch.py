@@ -18,7 +18,6 @@ class RowPrefetch:
         self.task = task
         self.hold_rows = hold_rows
         self.max_messages = max_messages
-        self.rows_per_message: float | None = None
         self.messages = 1  # until the first flush says how big messages are
 
     def observe(self, messages: int, rows: int) -> int:
@@ -26,8 +25,7 @@ class RowPrefetch:
         the message prefetch now in force."""
         if messages <= 0:
             return self.messages
-        self.rows_per_message = max(rows / messages, 1.0)
-        wanted = math.ceil(self.hold_rows / self.rows_per_message)
+        wanted = math.ceil(self.hold_rows / max(rows / messages, 1.0))
         self.apply(max(1, min(self.max_messages, wanted)))
         return self.messages
 
