@@ -39,7 +39,13 @@ def visible_gpus() -> list[str]:
 def plan_workers(
     cpu: int | None, gpus: str | None, cores: int | None = None
 ) -> list[dict[str, str]]:
-    """The environment of each worker process to start: name, GPU pinning, torch threads."""
+    """The environment of each worker process to start: name, GPU pinning, torch threads.
+
+    Without --cpu or --gpus: one process pinned to each GPU the driver reports, or one CPU
+    process where there is none.
+    """
+    if not gpus and cpu is None:
+        gpus = ",".join(visible_gpus())
     if gpus:
         wanted = [g.strip() for g in gpus.split(",") if g.strip()]
         present = visible_gpus()

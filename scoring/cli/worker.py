@@ -12,7 +12,9 @@ from workers.launcher import LaunchError, plan_workers, run_many, run_one
 
 
 def worker(
-    cpu: int = typer.Option(None, "--cpu", help="Start N CPU worker processes (default 1)."),
+    cpu: int = typer.Option(
+        None, "--cpu", help="Start N CPU worker processes (default: one per GPU, else 1 CPU)."
+    ),
     gpus: str = typer.Option(None, "--gpus", help="Comma-separated GPU indices, one process each."),
     queues: str = typer.Option(None, "--queues", help="Queues to consume (default: requests)."),
     loglevel: str = typer.Option("INFO", "--loglevel"),

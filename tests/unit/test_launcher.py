@@ -28,3 +28,15 @@ def test_asking_for_gpus_without_any_fails_with_what_to_do(monkeypatch: pytest.M
     monkeypatch.setattr(launcher, "visible_gpus", lambda: [])
     with pytest.raises(launcher.LaunchError, match=r"GPU\(s\) 0 not found .*none.*--cpu N"):
         launcher.plan_workers(cpu=None, gpus="0")
+
+
+def test_by_default_one_worker_per_gpu_or_one_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher, "visible_gpus", lambda: ["0", "1"])
+    assert [p["SCORING_WORKER_NAME"] for p in launcher.plan_workers(None, None)] == [
+        "gpu0",
+        "gpu1",
+    ]
+    assert [p["SCORING_WORKER_NAME"] for p in launcher.plan_workers(2, None)] == ["cpu0", "cpu1"]
+    monkeypatch.setattr(launcher, "visible_gpus", lambda: [])
+    plans = launcher.plan_workers(None, None, cores=2)
+    assert [(p["SCORING_WORKER_NAME"], p["CUDA_VISIBLE_DEVICES"]) for p in plans] == [("cpu0", "")]
