@@ -86,10 +86,10 @@ def measure(
     record: Any, backends: list[str], device: str, sizes: list[int], rounds: int
 ) -> list[dict[str, Any]]:
     from workers.backends import BackendUnavailable
-    from workers.quality import held_out, predict_all
+    from workers.quality import Thresholds, held_out, judge, predict_all
     from workers.runtime import load_model
 
-    inputs, _ = held_out(record)
+    inputs, labels = held_out(record)
     record.max_batch_size = max(sizes)
     eager = load_model(record, device, backend="eager")
     reference = predict_all(eager, inputs)
@@ -103,8 +103,7 @@ def measure(
             rows.append({"model": record.name, "backend": backend, "error": str(exc)})
             continue
         prepare_s = time.perf_counter() - started
-        out = predict_all(model, inputs)
-        agreement = sum(a["label"] == b["label"] for a, b in zip(out, reference, strict=True))
+        verdict = judge(predict_all(model, inputs), reference, labels, Thresholds())
         for size in sizes:
             speeds = _interleaved(eager, model, inputs, size, rounds)
             rows.append(
@@ -115,7 +114,9 @@ def measure(
                     "items_per_s": round(speeds[1], 1),
                     "eager_items_per_s": round(speeds[0], 1),
                     "speedup_vs_eager": round(speeds[1] / speeds[0], 3),
-                    "agreement": round(agreement / len(inputs), 4),
+                    "agreement": round(verdict["agreement"], 4),
+                    "max_score_diff": verdict["max_score_diff"],
+                    "passed_gate": verdict["passed"],
                     "prepare_s": round(prepare_s, 1),
                 }
             )
@@ -176,10 +177,8 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if row := find("minilm", "int8", 32):
         result["transformer_int8_vs_eager_b32"] = row["speedup_vs_eager"]
         result["transformer_int8_agreement"] = row["agreement"]
-    passing = [
-        r
-        for r in rows
-        if r.get("model") == "minilm" and r.get("batch") == 32 and r.get("agreement", 0) >= 0.99
+    passing = [  # the gate's own verdict: agreement, score difference and accuracy
+        r for r in rows if r.get("model") == "minilm" and r.get("batch") == 32 and r["passed_gate"]
     ]
     if passing:
         best = max(passing, key=lambda r: r["speedup_vs_eager"])

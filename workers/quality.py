@@ -122,7 +122,30 @@ def _gate_one(
     model = reference if backend == "eager" else load_model(record, device, backend=backend)
     model.warm_up(inputs[0])
     prepare_s = time.perf_counter() - started
-    out = predict_all(model, inputs)
+    result: dict[str, Any] = {
+        "available": True,
+        **judge(predict_all(model, inputs), ref_out, labels, thresholds),
+        "prepare_s": round(prepare_s, 2),
+    }
+    if timing:
+        speeds = {
+            size: throughput({"ref": reference, "cand": model}, inputs, size)
+            for size in buckets(record.max_batch_size)
+        }
+        result["items_per_s"] = {str(k): round(v["cand"], 1) for k, v in speeds.items()}
+        result["speedup_vs_eager"] = {
+            str(k): round(v["cand"] / v["ref"], 3) for k, v in speeds.items()
+        }
+    return result
+
+
+def judge(
+    out: list[dict[str, Any]],
+    ref_out: list[dict[str, Any]],
+    labels: list[str | None],
+    thresholds: Thresholds,
+) -> dict[str, Any]:
+    """A backend's outputs against eager fp32's on the same rows: the gate's verdict."""
     agreement = sum(a["label"] == b["label"] for a, b in zip(out, ref_out, strict=True)) / len(out)
     diff = max(abs(a["score"] - b["score"]) for a, b in zip(out, ref_out, strict=True))
     accuracy, ref_accuracy = _accuracy(out, labels), _accuracy(ref_out, labels)
@@ -137,25 +160,13 @@ def _gate_one(
         and (ref_accuracy - accuracy > thresholds.max_accuracy_drop)
     ):
         reasons.append(f"accuracy {accuracy:.4f} is {ref_accuracy - accuracy:.4f} below fp32")
-    result: dict[str, Any] = {
-        "available": True,
+    return {
         "passed": not reasons,
         "reasons": reasons,
         "agreement": round(agreement, 5),
         "max_score_diff": round(diff, 6),
         "accuracy": accuracy,
-        "prepare_s": round(prepare_s, 2),
     }
-    if timing:
-        speeds = {
-            size: throughput({"ref": reference, "cand": model}, inputs, size)
-            for size in buckets(record.max_batch_size)
-        }
-        result["items_per_s"] = {str(k): round(v["cand"], 1) for k, v in speeds.items()}
-        result["speedup_vs_eager"] = {
-            str(k): round(v["cand"] / v["ref"], 3) for k, v in speeds.items()
-        }
-    return result
 
 
 def recommend(candidates: dict[str, dict[str, Any]], max_batch_size: int) -> str | None:

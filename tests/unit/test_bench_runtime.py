@@ -14,7 +14,7 @@ from bench.runtime import ratios
 ROOT = Path(__file__).parents[2]
 
 
-def test_ratios_pick_the_fastest_backend_that_keeps_agreement() -> None:
+def test_ratios_pick_the_fastest_backend_that_passes_the_gate() -> None:
     rows = [
         {
             "model": "minilm",
@@ -23,6 +23,7 @@ def test_ratios_pick_the_fastest_backend_that_keeps_agreement() -> None:
             "items_per_s": 100.0,
             "speedup_vs_eager": 1.0,
             "agreement": 1.0,
+            "passed_gate": True,
         },
         {
             "model": "minilm",
@@ -31,6 +32,7 @@ def test_ratios_pick_the_fastest_backend_that_keeps_agreement() -> None:
             "items_per_s": 250.0,
             "speedup_vs_eager": 1.0,
             "agreement": 1.0,
+            "passed_gate": True,
         },
         {
             "model": "minilm",
@@ -39,6 +41,7 @@ def test_ratios_pick_the_fastest_backend_that_keeps_agreement() -> None:
             "items_per_s": 400.0,
             "speedup_vs_eager": 1.6,
             "agreement": 0.995,
+            "passed_gate": True,
         },
         {
             "model": "minilm",
@@ -47,6 +50,7 @@ def test_ratios_pick_the_fastest_backend_that_keeps_agreement() -> None:
             "items_per_s": 900.0,
             "speedup_vs_eager": 3.6,
             "agreement": 0.95,
+            "passed_gate": False,
         },
         {
             "model": "demo",
@@ -55,6 +59,7 @@ def test_ratios_pick_the_fastest_backend_that_keeps_agreement() -> None:
             "items_per_s": 9.0,
             "speedup_vs_eager": 2.2,
             "agreement": 1.0,
+            "passed_gate": True,
         },
     ]
     assert ratios(rows) == {
