@@ -11,8 +11,10 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+import pyarrow as pa
 from celery import Celery
 
+from schemas.chunks import encode_chunk
 from schemas.wire import ScoreRequest
 from scoring import constants as c
 
@@ -56,6 +58,35 @@ class RedisProducer:
                 )
                 sent += len(payloads)
         return sent
+
+    def send_chunk(
+        self,
+        rows: pa.RecordBatch,
+        *,
+        model: str,
+        model_version: int,
+        deadline_ms: int | None = None,
+        source: str = c.SOURCE_BULK,
+        bulk_run_id: str | None = None,
+    ) -> int:
+        """Publish one columnar chunk (schemas/chunks.py) of a pinned model version; returns
+        its row count. The worker checks every row, so nothing is validated here."""
+        self.app.send_task(
+            c.SCORE_TASK,
+            args=[],
+            kwargs={
+                "chunk": encode_chunk(rows),
+                "model": model,
+                "model_version": model_version,
+                "deadline_ms": deadline_ms,
+                "source": source,
+                "bulk_run_id": bulk_run_id,
+                "enqueued_at": time.time(),
+            },
+            queue=self.queue,
+            priority=_kombu_priority([]),
+        )
+        return rows.num_rows
 
 
 def _as_dict(request: ScoreRequest | dict[str, Any], validate: bool) -> dict[str, Any]:

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
             "broker_transport_options": {
                 "visibility_timeout": self.visibility_timeout_s,
                 "polling_interval": 0.01,
+                # kombu sweeps for timed-out messages every interval x throttle seconds
+                # (100 s by default): a dead worker's messages come back at most this long
+                # after their visibility timeout instead. One ZRANGE per sweep.
+                "unacked_restore_interval": max(1, min(10, self.visibility_timeout_s // 2)),
+                "unacked_restore_throttle": 1,
             },
             "worker_hijack_root_logger": False,
             # Messages Celery cannot use go to the dead-letter queue instead of a log line.

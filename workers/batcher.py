@@ -23,8 +23,12 @@ def next_batch(
     max_size: int,
     max_wait_s: float,
     clock: Callable[[], float] = time.monotonic,
+    size: Callable[[T], int] = lambda item: 1,
 ) -> list[T] | None:
     """Block for the first item, then gather more until `max_size` items or `max_wait_s`.
+
+    With `size`, items count as that many (a bulk chunk of 256 requests fills a batch of
+    256 on its own); a batch stops once it holds `max_size` or more.
 
     `receive(timeout)` returns an item, None when `timeout` seconds passed with nothing,
     or STOP. A timeout of None blocks. The wait is measured from the first item's arrival,
@@ -39,8 +43,9 @@ def next_batch(
     if isinstance(first, Stop):
         return None
     batch: list[T] = [first]
+    held = size(first)
     deadline = clock() + max_wait_s
-    while len(batch) < max_size:
+    while held < max_size:
         remaining = max(0.0, deadline - clock())
         item = receive(remaining)
         if item is None:
@@ -50,4 +55,5 @@ def next_batch(
         if isinstance(item, Stop):
             break
         batch.append(item)
+        held += size(item)
     return batch

@@ -10,6 +10,7 @@ from celery import Celery
 from kombu import Queue
 
 from schemas.tables import utcnow
+from workers.chunks import RowChunk
 from workers.pipeline import WorkItem
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class CeleryDeadLetters:
 
 def dead_letter_body(item: WorkItem) -> dict[str, Any]:
     payload = item.payload
+    if isinstance(payload, RowChunk):
+        payload = payload.to_wire()
     if isinstance(payload, bytes | bytearray):
         payload = payload.decode("utf-8", errors="replace")
     if not isinstance(payload, str):

@@ -2,7 +2,8 @@
 
 The pipeline knows nothing of Kafka or Redis. It turns work items into result rows (ok,
 invalid, error, expired) or dead letters (an envelope that cannot be keyed), and writes
-the rows with one idempotent upsert per batch.
+the rows with one idempotent upsert per batch. An item is one request, or a bulk chunk of
+many (workers/chunks.py), checked and scored column-wise.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from schemas.wire import InputError, ScoreRequest, check_inputs
 from scoring import constants as c
 from workers import registry
 from workers.artifacts import ArtifactError
-from workers.runtime import LoadedModel, ModelCache
+from workers.chunks import CheckedChunk, RowChunk, check_chunk
+from workers.runtime import LoadedModel, ModelCache, rows_of
 from workers.sink import ResultSink, SinkUnavailable
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 class WorkItem:
     """A request as a source delivered it, before any checking."""
 
-    payload: Any  # a dict, or raw bytes / str from a broker
+    payload: Any  # a dict, raw bytes / str from a broker, or a RowChunk
     source: str
     enqueued_at: datetime | None = None
     bulk_run_id: str | None = None
@@ -45,6 +47,11 @@ class WorkItem:
     outcome: str | None = None  # "stored", "dead" or "retry", set by the pipeline
     reason: str | None = None
     result: dict[str, Any] | None = None  # the result row written for it (sources publish it)
+
+    @property
+    def size(self) -> int:
+        """Requests this item carries: what micro-batches are counted in."""
+        return self.payload.size if isinstance(self.payload, RowChunk) else 1
 
 
 @dataclass
@@ -57,6 +64,15 @@ class Scored:
     model: LoadedModel
     outputs: dict[str, Any] | None = None
     error: str | None = None
+
+
+@dataclass
+class ChunkWork:
+    """A bulk chunk whose valid rows wait for the model."""
+
+    item: WorkItem
+    checked: CheckedChunk
+    model: LoadedModel
 
 
 @dataclass
@@ -88,11 +104,19 @@ class ScoringPipeline:
         active = _ActiveVersions(self.engine)
         rows: list[dict[str, Any]] = []
         ready: list[Scored] = []
+        chunks: list[ChunkWork] = []
         for item in items:
+            if isinstance(item.payload, RowChunk):
+                work = self._check_chunk(item, active, started, rows, ready)
+                if work is not None:
+                    chunks.append(work)
+                continue
             scored = self._check(item, active, started, rows)
             if scored is not None:
                 ready.append(scored)
         metrics = self._run_models(ready, rows)
+        for work in chunks:
+            metrics += self._run_chunk_columns(work, rows)
         self.sink.write(rows, metrics)
         for item in items:
             if item.outcome is None:
@@ -109,7 +133,7 @@ class ScoringPipeline:
     ) -> Scored | None:
         try:
             request = _parse(item.payload)
-            model = self._model_for(request, active)
+            model = self._model_named(request.model, request.model_version, active)
         except (ValueError, ValidationError, registry.RegistryError, ArtifactError) as exc:
             self._dead(item, _short(exc))
             return None
@@ -131,15 +155,50 @@ class ScoringPipeline:
             return None
         return Scored(item, request, inputs, model)
 
-    def _model_for(self, request: ScoreRequest, active: _ActiveVersions) -> LoadedModel:
-        version = request.model_version or active.get(request.model)
+    def _model_named(self, name: str, version: int | None, active: _ActiveVersions) -> LoadedModel:
+        version = version or active.get(name)
         if version is None:
-            raise registry.RegistryError(f"model {request.model!r} has no active version")
-        key = (request.model, version)
+            raise registry.RegistryError(f"model {name!r} has no active version")
+        key = (name, version)
         if key not in self._records:
             with _database_needed():
-                self._records[key] = registry.get_version(self.engine, request.model, version)
+                self._records[key] = registry.get_version(self.engine, name, version)
         return self.models.get(self._records[key])
+
+    def _check_chunk(
+        self,
+        item: WorkItem,
+        active: _ActiveVersions,
+        now: datetime,
+        rows: list[dict[str, Any]],
+        ready: list[Scored],
+    ) -> ChunkWork | None:
+        """Check a bulk chunk column-wise; a chunk that does not fit its model's schema (or
+        names no usable model) is checked as the request dicts it holds, one by one."""
+        chunk: RowChunk = item.payload
+        if chunk.rows is None:
+            self._dead(item, chunk.error or "unreadable chunk")
+            return None
+        try:
+            model = self._model_named(chunk.model, chunk.model_version, active)
+            checked = check_chunk(chunk.rows, model.input_schema, self.config.max_text_chars)
+        except (ValueError, registry.RegistryError, ArtifactError):
+            checked = None
+        if checked is None:
+            for payload in chunk.requests():
+                part = WorkItem(payload, item.source, item.enqueued_at, item.bulk_run_id)
+                scored = self._check(part, active, now, rows)
+                if scored is not None:
+                    ready.append(scored)
+            return None
+        if chunk.deadline_ms and _late(chunk.deadline_ms, item.enqueued_at, now):
+            error = f"deadline of {chunk.deadline_ms} ms passed"
+            every = range(len(checked.ids))
+            rows += self._chunk_rows(item, checked, model, every, c.STATUS_EXPIRED, error=error)
+            return None
+        for index, reason in checked.invalid.items():
+            rows += self._chunk_rows(item, checked, model, [index], c.STATUS_INVALID, error=reason)
+        return ChunkWork(item, checked, model)
 
     def _dead(self, item: WorkItem, reason: str) -> None:
         item.outcome, item.reason = "dead", reason
@@ -158,6 +217,82 @@ class ScoringPipeline:
                 chunk = group[start : start + model.max_batch_size]
                 metrics.append(self._run_chunk(model, chunk, rows))
         return metrics
+
+    def _run_chunk_columns(self, work: ChunkWork, rows: list[dict[str, Any]]) -> list[dict]:
+        """Score a chunk's valid rows by column, `max_batch_size` at a time; if the model
+        raises, score that slice row by row to find the request(s) that fail it."""
+        model, checked, metrics = work.model, work.checked, []
+        for start in range(0, len(checked.valid), model.max_batch_size):
+            stop = min(len(checked.valid), start + model.max_batch_size)
+            columns = {k: v[start:stop] for k, v in checked.columns.items()}
+            batch_id, began, t0 = uuid.uuid4().hex[:16], utcnow(), time.perf_counter()
+            try:
+                scored = [(out, None) for out in model.predict_columns(columns, stop - start)]
+            except Exception:  # noqa: BLE001 - a model may raise anything; we record it
+                scored = _predict_each(model, rows_of(columns))
+            inference_ms = (time.perf_counter() - t0) * 1000
+            indices = checked.valid[start:stop].tolist()
+            rows += self._chunk_rows(
+                work.item,
+                checked,
+                model,
+                indices,
+                c.STATUS_OK,
+                scored=scored,
+                batch_id=batch_id,
+                began=began,
+                inference_ms=inference_ms,
+            )
+            wait = _ms_between(work.item.enqueued_at, began)
+            metrics.append(
+                self._metric(
+                    model,
+                    batch_id,
+                    {work.item.source: stop - start},
+                    [wait] * (stop - start) if wait is not None else [],
+                    inference_ms,
+                )
+            )
+        return metrics
+
+    def _chunk_rows(
+        self,
+        item: WorkItem,
+        checked: CheckedChunk,
+        model: LoadedModel,
+        indices: Any,
+        status: str,
+        *,
+        error: str | None = None,
+        scored: list[tuple[dict[str, Any] | None, str | None]] | None = None,
+        batch_id: str | None = None,
+        began: datetime | None = None,
+        inference_ms: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Result rows for rows `indices` of a chunk: with `scored` (outputs or a model
+        error, in the same order) for scored rows, else `status` with `error`."""
+        if scored is None:
+            scored = [(None, error)] * len(indices)
+        out = []
+        now = utcnow()
+        for index, (outputs, problem) in zip(indices, scored, strict=True):
+            label = checked.labels[index]
+            out.append(
+                self._result(
+                    item,
+                    checked.ids[index],
+                    {"label": label} if label is not None else None,
+                    model,
+                    c.STATUS_ERROR if status == c.STATUS_OK and problem else status,
+                    outputs=outputs,
+                    error=problem,
+                    batch_id=batch_id,
+                    began=began,
+                    inference_ms=inference_ms,
+                    scored_at=now,
+                )
+            )
+        return out
 
     def _run_chunk(
         self, model: LoadedModel, chunk: list[Scored], rows: list[dict[str, Any]]
@@ -183,6 +318,19 @@ class ScoringPipeline:
                     inference_ms=inference_ms,
                 )
             )
+        mix = dict(Counter(s.item.source for s in chunk))
+        return self._metric(model, batch_id, mix, waits, inference_ms)
+
+    def _metric(
+        self,
+        model: LoadedModel,
+        batch_id: str,
+        source_mix: dict[str, int],
+        waits: list[float | None],
+        inference_ms: float,
+    ) -> dict[str, Any]:
+        """The batch_metrics row of one model call."""
+        size = sum(source_mix.values())
         known = [w for w in waits if w is not None]
         return {
             "batch_id": batch_id,
@@ -191,11 +339,11 @@ class ScoringPipeline:
             "model_name": model.name,
             "model_version": model.version,
             "backend": model.backend,
-            "source_mix": dict(Counter(s.item.source for s in chunk)),
-            "batch_size": len(chunk),
+            "source_mix": source_mix,
+            "batch_size": size,
             "queue_wait_ms": sum(known) / len(known) if known else 0.0,
             "inference_ms": inference_ms,
-            "rows_per_s": len(chunk) / max(inference_ms / 1000, 1e-9),
+            "rows_per_s": size / max(inference_ms / 1000, 1e-9),
             "created_at": utcnow(),
         }
 
@@ -212,8 +360,38 @@ class ScoringPipeline:
         began: datetime | None = None,
         inference_ms: float | None = None,
     ) -> dict[str, Any]:
-        item.result = {
-            "request_id": request.request_id,
+        item.result = self._result(
+            item,
+            request.request_id,
+            request.metadata or None,
+            model,
+            status,
+            outputs=outputs,
+            error=error,
+            batch_id=batch_id,
+            began=began,
+            inference_ms=inference_ms,
+        )
+        return item.result
+
+    def _result(
+        self,
+        item: WorkItem,
+        request_id: str,
+        metadata: dict[str, Any] | None,
+        model: LoadedModel,
+        status: str,
+        *,
+        outputs: dict[str, Any] | None = None,
+        error: str | None = None,
+        batch_id: str | None = None,
+        began: datetime | None = None,
+        inference_ms: float | None = None,
+        scored_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """One score_results row."""
+        return {
+            "request_id": request_id,
             "model_name": model.name,
             "model_version": model.version,
             "artifact_sha256": model.sha256,
@@ -222,9 +400,9 @@ class ScoringPipeline:
             "error": error,
             "source": item.source,
             "bulk_run_id": item.bulk_run_id,
-            "metadata": request.metadata or None,
+            "metadata": metadata,
             "enqueued_at": item.enqueued_at,
-            "scored_at": utcnow(),
+            "scored_at": scored_at or utcnow(),
             "queue_ms": _ms_between(item.enqueued_at, began) if began else None,
             "inference_ms": inference_ms,
             "batch_id": batch_id,
@@ -232,7 +410,6 @@ class ScoringPipeline:
             "device": model.device,
             "worker": self.config.worker,
         }
-        return item.result
 
 
 class _ActiveVersions:
@@ -262,19 +439,24 @@ def _database_needed() -> Iterator[None]:
 
 
 def _predict_isolating_failures(model: LoadedModel, chunk: list[Scored]) -> None:
-    """Run the chunk; if the model raises, split it in halves to find the bad request(s)."""
+    for scored, (outputs, error) in zip(
+        chunk, _predict_each(model, [s.inputs for s in chunk]), strict=True
+    ):
+        scored.outputs, scored.error = outputs, error
+
+
+def _predict_each(
+    model: LoadedModel, inputs: list[dict[str, Any]]
+) -> list[tuple[dict[str, Any] | None, str | None]]:
+    """(outputs, error) per input; if the model raises, split in halves to find the bad
+    input(s)."""
     try:
-        outputs = model.predict([s.inputs for s in chunk])
+        return [(out, None) for out in model.predict(inputs)]
     except Exception as exc:  # noqa: BLE001 - a model may raise anything; we record it
-        if len(chunk) == 1:
-            chunk[0].error = f"model failed: {_short(exc)}"
-            return
-        middle = len(chunk) // 2
-        _predict_isolating_failures(model, chunk[:middle])
-        _predict_isolating_failures(model, chunk[middle:])
-        return
-    for scored, out in zip(chunk, outputs, strict=True):
-        scored.outputs = out
+        if len(inputs) == 1:
+            return [(None, f"model failed: {_short(exc)}")]
+        middle = len(inputs) // 2
+        return _predict_each(model, inputs[:middle]) + _predict_each(model, inputs[middle:])
 
 
 def _parse(payload: Any) -> ScoreRequest:
@@ -294,9 +476,11 @@ def _parse(payload: Any) -> ScoreRequest:
 
 
 def _expired(request: ScoreRequest, enqueued_at: datetime | None, now: datetime) -> bool:
-    if request.deadline_ms is None or enqueued_at is None:
-        return False
-    return (now - enqueued_at).total_seconds() * 1000 > request.deadline_ms
+    return request.deadline_ms is not None and _late(request.deadline_ms, enqueued_at, now)
+
+
+def _late(deadline_ms: int, enqueued_at: datetime | None, now: datetime) -> bool:
+    return enqueued_at is not None and (now - enqueued_at).total_seconds() * 1000 > deadline_ms
 
 
 def _ms_between(start: datetime | None, end: datetime) -> float | None:

@@ -38,8 +38,17 @@ class LoadedModel:
         Compiled backends see only bucket-sized batches (padded by repeating the last
         row, then trimmed), so serving never triggers a recompilation.
         """
-        batch = self.architecture.prepare(inputs, self.config)
-        n = len(inputs)
+        return self._run(self.architecture.prepare(inputs, self.config), len(inputs))
+
+    def predict_columns(self, columns: dict[str, Any], n: int) -> list[dict[str, Any]]:
+        """Score `n` schema-checked rows given as columns (numpy arrays, lists for text):
+        bulk chunks skip building a dict per row where the architecture takes columns."""
+        prepare = getattr(self.architecture, "prepare_columns", None)
+        if prepare is not None:
+            return self._run(prepare(columns, self.config), n)
+        return self.predict(rows_of(columns))
+
+    def _run(self, batch: tuple[torch.Tensor, ...], n: int) -> list[dict[str, Any]]:
         if self.backend in COMPILED:
             batch = _pad(batch, bucket_for(n, self.max_batch_size))
         with torch.inference_mode():
@@ -55,6 +64,13 @@ class LoadedModel:
             for _ in range(repeats):
                 self.predict([example] * size)
         return sizes
+
+
+def rows_of(columns: dict[str, Any]) -> list[dict[str, Any]]:
+    """Columns (numpy arrays or lists) as one dict of plain Python values per row."""
+    names = list(columns)
+    values = [v if isinstance(v, list) else v.tolist() for v in columns.values()]
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 def example_inputs(schema: dict[str, str]) -> dict[str, Any]:

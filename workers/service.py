@@ -87,7 +87,9 @@ class ScoringService:
         return item  # type: ignore[return-value]
 
     def _run(self) -> None:
-        while batch := next_batch(self._receive, self.max_batch_size, self.max_wait_s):
+        while batch := next_batch(
+            self._receive, self.max_batch_size, self.max_wait_s, size=lambda item: item.size
+        ):
             self._score(batch)
 
     def _score(self, batch: list[WorkItem]) -> None:

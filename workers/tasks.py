@@ -19,6 +19,7 @@ from celery_batches import Batches, SimpleRequest
 
 from scoring import constants as c
 from scoring.settings import Settings
+from workers.chunks import RowChunk
 from workers.context import LazyContext, build_context
 from workers.dead_letters import CeleryDeadLetters
 from workers.kafka_runner import StreamThread, route_dead_letters
@@ -48,7 +49,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     )
     def score(requests: list[SimpleRequest]) -> int:
         items = [item for req in requests for item in _items(req)]
-        prefetch.observe(len(requests), len(items))
+        prefetch.observe(len(requests), sum(item.size for item in items))
         ticket = context.get().service.submit(items)
         ticket.wait()
         _requeue_failed(app, items, dead_letters)
@@ -73,9 +74,13 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
 
 def _items(req: SimpleRequest) -> list[WorkItem]:
-    """A task message carries a list of wire requests plus where they came from."""
-    payloads = req.args[0] if req.args else req.kwargs.get("requests", [])
+    """A task message carries a list of wire requests, or one bulk chunk, plus where they
+    came from."""
     meta = req.kwargs
+    if "chunk" in meta:
+        payloads: Any = [RowChunk.from_message(meta)]
+    else:
+        payloads = req.args[0] if req.args else meta.get("requests", [])
     if not isinstance(payloads, list):
         payloads = [payloads]
     return [
@@ -104,15 +109,23 @@ def _requeue_failed(app: Celery, items: list[WorkItem], dead_letters: CeleryDead
                 dead_letters(item)
             continue
         enqueued = failed[0].enqueued_at
-        app.send_task(
-            c.SCORE_TASK,
-            args=[[i.payload for i in failed]],
-            kwargs={
-                "source": source,
-                "bulk_run_id": run_id,
-                "attempt": attempt + 1,
-                "enqueued_at": enqueued.timestamp() if enqueued else time.time(),
-            },
-            countdown=min(2**attempt, 30),
-        )
-        log.warning("re-queued %d requests (attempt %d)", len(failed), attempt + 1)
+        kwargs = {
+            "source": source,
+            "bulk_run_id": run_id,
+            "attempt": attempt + 1,
+            "enqueued_at": enqueued.timestamp() if enqueued else time.time(),
+        }
+        requests = [i.payload for i in failed if not isinstance(i.payload, RowChunk)]
+        messages = [
+            ([], {**i.payload.to_wire(), **kwargs})
+            for i in failed
+            if isinstance(i.payload, RowChunk)
+        ]
+        if requests:
+            messages.append(([requests], kwargs))
+        for args, message_kwargs in messages:
+            app.send_task(
+                c.SCORE_TASK, args=args, kwargs=message_kwargs, countdown=min(2**attempt, 30)
+            )
+        rows = sum(i.size for i in failed)
+        log.warning("re-queued %d requests (attempt %d)", rows, attempt + 1)

@@ -110,6 +110,19 @@ def totals(pg_url: str) -> tuple[Any, ...]:
         )
 
 
+def all_stored(engine: Any, env: dict[str, str], rows: int = 40_000) -> None:
+    """Wait for every row's result; on time-out say where the rest are."""
+    try:
+        wait_for(lambda: count_results(engine) >= rows, timeout=180, every=0.5)
+    except AssertionError:
+        client = redis.Redis.from_url(env["SCORING_BROKER_URL"])
+        queued = sum(client.llen(k) for k in client.keys(env["SCORING_REQUESTS_QUEUE"] + "*"))
+        raise AssertionError(
+            f"{count_results(engine)} of {rows} stored; {queued} messages queued, "
+            f"{client.hlen('unacked')} unacknowledged, {dead_letters(env)} dead letters"
+        ) from None
+
+
 def dead_letters(env: dict[str, str]) -> int:
     return int(
         redis.Redis.from_url(env["SCORING_BROKER_URL"]).llen(env["SCORING_DEAD_LETTER_QUEUE"])
@@ -129,7 +142,7 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing(
         workers.procs["a"].send_signal(signal.SIGKILL)
         workers.procs["a"].wait(30)
         killed_at = count_results(engine)
-    wait_for(lambda: count_results(engine) >= 40_000, timeout=180, every=0.5)
+    all_stored(engine, env)
     assert killed_at < 40_000
     assert totals(pg_url) == (40_000, 40_000)
     with engine.connect() as conn:
@@ -157,7 +170,7 @@ def test_a_database_outage_mid_run_loses_and_doubles_nothing(
             time.sleep(6)
             assert count_results(engine) == cut_at  # nothing got through while it was down
             proxy.restore()
-        wait_for(lambda: count_results(engine) >= 40_000, timeout=180, every=0.5)
+        all_stored(engine, env)
     assert cut_at < 40_000
     assert totals(pg_url) == (40_000, 40_000)
     assert "re-queued" in workers.log("w") and "failed unexpectedly" not in workers.log("w")

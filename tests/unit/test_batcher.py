@@ -86,3 +86,12 @@ def test_no_request_waits_longer_than_max_wait_plus_one_batch_run(rate_gap: floa
         clock.now += run_time  # the model runs
     assert len(waits) == n
     assert max(waits) <= max_wait + run_time + 1e-9
+
+
+def test_items_can_count_as_many_requests() -> None:
+    """A bulk chunk of 256 requests fills a batch of 256 on its own."""
+    clock = FakeClock()
+    receive = scripted([(0.0, 100), (0.0, 200), (0.0, 1), (0.0, 1)], clock)
+    size = int  # each scripted item is its own size
+    assert next_batch(receive, 256, 1.0, clock, size=size) == [100, 200]
+    assert next_batch(receive, 256, 1.0, clock, size=size) == [1, 1]

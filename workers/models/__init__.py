@@ -13,7 +13,12 @@ import torch
 
 
 class Architecture(Protocol):
-    """What the runtime needs from a model family; inputs are already schema-checked."""
+    """What the runtime needs from a model family; inputs are already schema-checked.
+
+    An architecture may also define `prepare_columns(columns, config)`, taking a dict of
+    columns (numpy arrays; lists for text) for bulk chunks; without it the runtime builds
+    one dict per row and calls `prepare`.
+    """
 
     name: str
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,6 +42,12 @@ class MLPArchitecture:
     def prepare(self, inputs: list[dict[str, Any]], config: dict[str, Any]) -> tuple[torch.Tensor]:
         features = config["features"]
         return (torch.tensor([[row[f] for f in features] for row in inputs], dtype=torch.float32),)
+
+    def prepare_columns(
+        self, columns: dict[str, np.ndarray], config: dict[str, Any]
+    ) -> tuple[torch.Tensor]:
+        features = [np.asarray(columns[f], dtype=np.float32) for f in config["features"]]
+        return (torch.from_numpy(np.stack(features, axis=1)),)
 
     def postprocess(self, output: torch.Tensor, config: dict[str, Any]) -> list[dict[str, Any]]:
         probs = torch.softmax(output.float(), dim=-1)

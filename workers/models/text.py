@@ -109,8 +109,13 @@ class TextPrototypeArchitecture:
     def prepare(
         self, inputs: list[dict[str, Any]], config: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prepare_columns({"text": [row["text"] for row in inputs]}, config)
+
+    def prepare_columns(
+        self, columns: dict[str, Any], config: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         tok = _tokenizer(encoder_dir(), int(config.get("max_tokens", 32)))
-        encoded = tok.encode_batch([row["text"] for row in inputs])
+        encoded = tok.encode_batch(list(columns["text"]))
         ids = torch.tensor([e.ids for e in encoded], dtype=torch.long)
         mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.long)
         return ids, mask

@@ -1,0 +1,165 @@
+"""Bulk chunks in the worker: decode, check every row column-wise, hand columns to the model.
+
+A chunk (schemas/chunks.py) is many requests of one pinned model version. Its checks give
+the same verdicts as `check_inputs` on each row, computed over whole columns: missing
+values, NaN and infinity, over-long text. Only the rows found bad are looked at one by one,
+by `check_inputs` itself, so their recorded reasons are the row path's own. A chunk whose
+columns are not of the schema's types is turned back into request dicts and takes the row
+path whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.chunks import LABEL_COLUMN, REQUEST_ID_COLUMN, ChunkError, decode_chunk
+from schemas.wire import REQUEST_ID_PATTERN, InputError, check_inputs
+
+
+@dataclass
+class RowChunk:
+    """A chunk as a task message delivered it; `rows` is None when it could not be read."""
+
+    text: str
+    model: str
+    model_version: int | None
+    deadline_ms: int | None
+    rows: pa.RecordBatch | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_message(cls, kwargs: dict[str, Any]) -> RowChunk:
+        chunk = cls(
+            text=kwargs.get("chunk", ""),
+            model=str(kwargs.get("model", "")),
+            model_version=kwargs.get("model_version"),
+            deadline_ms=kwargs.get("deadline_ms"),
+        )
+        try:
+            chunk.rows = decode_chunk(chunk.text)
+        except ChunkError as exc:
+            chunk.error = str(exc)
+        return chunk
+
+    @property
+    def size(self) -> int:
+        return self.rows.num_rows if self.rows is not None else 1
+
+    def to_wire(self) -> dict[str, Any]:
+        """The message fields, to re-publish the chunk or to park it as a dead letter."""
+        return {
+            "chunk": self.text,
+            "model": self.model,
+            "model_version": self.model_version,
+            "deadline_ms": self.deadline_ms,
+        }
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The chunk as wire request dicts: the row path takes it from here."""
+        assert self.rows is not None
+        inputs = [n for n in self.rows.schema.names if n not in (REQUEST_ID_COLUMN, LABEL_COLUMN)]
+        columns = {n: self.rows.column(n).to_pylist() for n in self.rows.schema.names}
+        labels = columns.get(LABEL_COLUMN) or [None] * self.rows.num_rows
+        out = []
+        for i, request_id in enumerate(columns[REQUEST_ID_COLUMN]):
+            request: dict[str, Any] = {
+                "request_id": request_id,
+                "model": self.model,
+                "model_version": self.model_version,
+                "inputs": {n: columns[n][i] for n in inputs},
+            }
+            if labels[i] is not None:
+                request["metadata"] = {"label": labels[i]}
+            if self.deadline_ms:
+                request["deadline_ms"] = self.deadline_ms
+            out.append(request)
+        return out
+
+
+@dataclass
+class CheckedChunk:
+    """A chunk's verdicts: `valid` rows go to the model with `columns` (those rows only);
+    `invalid` maps a row's index to its reason."""
+
+    ids: list[str]
+    labels: list[str | None]
+    valid: np.ndarray  # indices of valid rows
+    columns: dict[str, Any]
+    invalid: dict[int, str]
+
+
+def check_chunk(
+    rows: pa.RecordBatch, schema: dict[str, str], max_text_chars: int
+) -> CheckedChunk | None:
+    """Check every row; None when the chunk's ids or column types do not fit the schema
+    (then it takes the row path, which says what is wrong row by row)."""
+    ids = rows.column(REQUEST_ID_COLUMN)
+    if not pa.types.is_string(ids.type) or ids.null_count:
+        return None
+    if not pc.all(pc.match_substring_regex(ids, REQUEST_ID_PATTERN)).as_py():
+        return None
+    bad = np.zeros(rows.num_rows, dtype=bool)
+    for name, type_name in schema.items():
+        if name not in rows.schema.names:
+            return None
+        flags = _bad_values(rows.column(name), type_name, max_text_chars)
+        if flags is None:
+            return None
+        bad |= flags
+    invalid: dict[int, str] = {}
+    for index in np.flatnonzero(bad).tolist():
+        row = {name: rows.column(name)[index].as_py() for name in schema}
+        try:
+            check_inputs(row, schema, max_text_chars)
+        except InputError as exc:
+            invalid[index] = str(exc)
+    if invalid:
+        keep = np.ones(rows.num_rows, dtype=bool)
+        keep[list(invalid)] = False
+        valid = np.flatnonzero(keep)
+        taken = rows.take(pa.array(valid))
+    else:
+        valid, taken = np.arange(rows.num_rows), rows
+    labels = (
+        rows.column(LABEL_COLUMN).to_pylist()
+        if LABEL_COLUMN in rows.schema.names
+        else [None] * rows.num_rows
+    )
+    return CheckedChunk(
+        ids=ids.to_pylist(),
+        labels=labels,
+        valid=valid,
+        columns={
+            name: _values(taken.column(name), type_name) for name, type_name in schema.items()
+        },
+        invalid=invalid,
+    )
+
+
+def _bad_values(column: pa.Array, type_name: str, max_text_chars: int) -> np.ndarray | None:
+    """Rows whose value `check_inputs` would refuse, or None for a column of the wrong type."""
+    kind = column.type
+    missing = column.is_null().to_numpy(zero_copy_only=False)
+    if type_name == "float" and pa.types.is_float64(kind):
+        values = column.fill_null(0.0).to_numpy(zero_copy_only=False)
+        return missing | ~np.isfinite(values)
+    if type_name == "int" and pa.types.is_int64(kind):
+        return missing
+    if type_name == "bool" and pa.types.is_boolean(kind):
+        return missing
+    if type_name == "str" and pa.types.is_string(kind):
+        lengths = pc.utf8_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+        return missing | (lengths > max_text_chars)
+    return None
+
+
+def _values(column: pa.Array, type_name: str) -> Any:
+    """A checked column as the model takes it: numpy for numbers, a list for text."""
+    if type_name == "str":
+        return column.to_pylist()
+    return column.to_numpy(zero_copy_only=False)
