@@ -59,7 +59,8 @@ TARGETS: dict[str, float] = {
 SETUP = {
     "inprocess": "load_model + predict over micro-batches of the version's max batch size; "
     "best of 1 torch thread and one per core",
-    "product": "bulk CSV via producers.bulk.enqueue_file (chunk_size requests per message) "
+    "product": "bulk CSV via producers.bulk.enqueue_file (chunk_size rows per message, "
+    "typed by Arrow and sent as Arrow columns) "
     "-> Redis -> 2 `scoring worker` processes (solo pool, celery-batches, 1 torch thread "
     "each) -> PostgreSQL; timed from the first row read to the last result stored",
     "product_1x1": "the same with 1 worker process of 1 torch thread",
