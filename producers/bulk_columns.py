@@ -58,7 +58,8 @@ def read_slices(
 
 
 def _one_batch(table: pa.Table) -> pa.RecordBatch:
-    return table.combine_chunks().to_batches()[0] if table.num_rows else table.to_batches()[0]
+    """A non-empty table as one record batch."""
+    return table.combine_chunks().to_batches()[0]
 
 
 def _csv_batches(path: Path, columns: list[str], rejections: list[str]) -> Iterator[pa.RecordBatch]:

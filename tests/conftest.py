@@ -50,6 +50,28 @@ def sqlite_url(tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture
+def demo_pipeline(sqlite_url: str, tmp_path: Path, demo_artifact: Path):  # type: ignore[no-untyped-def]
+    """A scoring pipeline on SQLite with demo v1 registered: (engine, pipeline, the dead
+    letters it sends, the version's record)."""
+    from schemas.db import make_engine
+    from workers import registry
+    from workers.pipeline import PipelineConfig, ScoringPipeline, WorkItem
+    from workers.runtime import ModelCache
+    from workers.sink import ResultSink
+
+    engine = make_engine(sqlite_url)
+    record = registry.register(engine, tmp_path / "store", "demo", demo_artifact)
+    dead: list[WorkItem] = []
+    pipeline = ScoringPipeline(
+        engine,
+        ResultSink(engine),
+        ModelCache(),
+        PipelineConfig(worker="test-worker", max_text_chars=50, dead_letter=dead.append),
+    )
+    return engine, pipeline, dead, record
+
+
 @pytest.fixture(scope="session")
 def pg_server_url() -> str:
     return need("SCORING_TEST_DATABASE_URL")

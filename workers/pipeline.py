@@ -29,6 +29,7 @@ from scoring import constants as c
 from workers import registry
 from workers.artifacts import ArtifactError
 from workers.chunks import CheckedChunk, RowChunk, check_chunk
+from workers.result_rows import metric_row, ms_between, result_row
 from workers.runtime import LoadedModel, ModelCache, rows_of
 from workers.sink import ResultSink, SinkUnavailable
 
@@ -243,10 +244,11 @@ class ScoringPipeline:
                 began=began,
                 inference_ms=inference_ms,
             )
-            wait = _ms_between(work.item.enqueued_at, began)
+            wait = ms_between(work.item.enqueued_at, began)
             metrics.append(
-                self._metric(
+                metric_row(
                     model,
+                    self.config.worker,
                     batch_id,
                     {work.item.source: stop - start},
                     [wait] * (stop - start) if wait is not None else [],
@@ -302,7 +304,7 @@ class ScoringPipeline:
         t0 = time.perf_counter()
         _predict_isolating_failures(model, chunk)
         inference_ms = (time.perf_counter() - t0) * 1000
-        waits = [_ms_between(s.item.enqueued_at, began) for s in chunk]
+        waits = [ms_between(s.item.enqueued_at, began) for s in chunk]
         for scored in chunk:
             status = c.STATUS_OK if scored.error is None else c.STATUS_ERROR
             rows.append(
@@ -319,58 +321,14 @@ class ScoringPipeline:
                 )
             )
         mix = dict(Counter(s.item.source for s in chunk))
-        return self._metric(model, batch_id, mix, waits, inference_ms)
-
-    def _metric(
-        self,
-        model: LoadedModel,
-        batch_id: str,
-        source_mix: dict[str, int],
-        waits: list[float | None],
-        inference_ms: float,
-    ) -> dict[str, Any]:
-        """The batch_metrics row of one model call."""
-        size = sum(source_mix.values())
-        known = [w for w in waits if w is not None]
-        return {
-            "batch_id": batch_id,
-            "worker": self.config.worker,
-            "device": model.device,
-            "model_name": model.name,
-            "model_version": model.version,
-            "backend": model.backend,
-            "source_mix": source_mix,
-            "batch_size": size,
-            "queue_wait_ms": sum(known) / len(known) if known else 0.0,
-            "inference_ms": inference_ms,
-            "rows_per_s": size / max(inference_ms / 1000, 1e-9),
-            "created_at": utcnow(),
-        }
+        return metric_row(model, self.config.worker, batch_id, mix, waits, inference_ms)
 
     def _row(
-        self,
-        item: WorkItem,
-        request: ScoreRequest,
-        model: LoadedModel,
-        status: str,
-        *,
-        outputs: dict[str, Any] | None = None,
-        error: str | None = None,
-        batch_id: str | None = None,
-        began: datetime | None = None,
-        inference_ms: float | None = None,
+        self, item: WorkItem, request: ScoreRequest, model: LoadedModel, status: str, **fields: Any
     ) -> dict[str, Any]:
+        """The result row of a single request; sources that publish results read item.result."""
         item.result = self._result(
-            item,
-            request.request_id,
-            request.metadata or None,
-            model,
-            status,
-            outputs=outputs,
-            error=error,
-            batch_id=batch_id,
-            began=began,
-            inference_ms=inference_ms,
+            item, request.request_id, request.metadata or None, model, status, **fields
         )
         return item.result
 
@@ -381,35 +339,19 @@ class ScoringPipeline:
         metadata: dict[str, Any] | None,
         model: LoadedModel,
         status: str,
-        *,
-        outputs: dict[str, Any] | None = None,
-        error: str | None = None,
-        batch_id: str | None = None,
-        began: datetime | None = None,
-        inference_ms: float | None = None,
-        scored_at: datetime | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
-        """One score_results row."""
-        return {
-            "request_id": request_id,
-            "model_name": model.name,
-            "model_version": model.version,
-            "artifact_sha256": model.sha256,
-            "outputs": outputs,
-            "status": status,
-            "error": error,
-            "source": item.source,
-            "bulk_run_id": item.bulk_run_id,
-            "metadata": metadata,
-            "enqueued_at": item.enqueued_at,
-            "scored_at": scored_at or utcnow(),
-            "queue_ms": _ms_between(item.enqueued_at, began) if began else None,
-            "inference_ms": inference_ms,
-            "batch_id": batch_id,
-            "backend": model.backend,
-            "device": model.device,
-            "worker": self.config.worker,
-        }
+        return result_row(
+            request_id=request_id,
+            metadata=metadata,
+            model=model,
+            status=status,
+            worker=self.config.worker,
+            source=item.source,
+            bulk_run_id=item.bulk_run_id,
+            enqueued_at=item.enqueued_at,
+            **fields,
+        )
 
 
 class _ActiveVersions:
@@ -481,10 +423,6 @@ def _expired(request: ScoreRequest, enqueued_at: datetime | None, now: datetime)
 
 def _late(deadline_ms: int, enqueued_at: datetime | None, now: datetime) -> bool:
     return enqueued_at is not None and (now - enqueued_at).total_seconds() * 1000 > deadline_ms
-
-
-def _ms_between(start: datetime | None, end: datetime) -> float | None:
-    return None if start is None else (end - start).total_seconds() * 1000
 
 
 def _short(exc: Exception) -> str:

@@ -5,32 +5,20 @@ from __future__ import annotations
 import json
 import math
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlmodel import select
 
-from schemas.db import make_engine, session_scope
+from schemas.db import session_scope
 from schemas.tables import BatchMetric, ScoreResult, utcnow
 from tests.helpers import count_results, demo_requests
-from workers import registry
-from workers.pipeline import PipelineConfig, ScoringPipeline, WorkItem
-from workers.runtime import LoadedModel, ModelCache
-from workers.sink import ResultSink
+from workers.pipeline import WorkItem
+from workers.runtime import LoadedModel
 
 
 @pytest.fixture
-def setup(sqlite_url: str, tmp_path: Path, demo_artifact: Path):  # type: ignore[no-untyped-def]
-    engine = make_engine(sqlite_url)
-    record = registry.register(engine, tmp_path / "store", "demo", demo_artifact)
-    dead: list[WorkItem] = []
-    pipeline = ScoringPipeline(
-        engine,
-        ResultSink(engine),
-        ModelCache(),
-        PipelineConfig(worker="test-worker", max_text_chars=50, dead_letter=dead.append),
-    )
-    return engine, pipeline, dead, record
+def setup(demo_pipeline):  # type: ignore[no-untyped-def]
+    return demo_pipeline
 
 
 def items(payloads: list, source: str = "redis") -> list[WorkItem]:
