@@ -17,12 +17,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.chunks import LABEL_COLUMN, REQUEST_ID_COLUMN
-from schemas.wire import MAX_METADATA_BYTES, REQUEST_ID_PATTERN
+from schemas.chunks import LABEL_COLUMN, MAX_LABEL_CHARS, REQUEST_ID_COLUMN
+from schemas.wire import REQUEST_ID_PATTERN
 
 READ_BLOCK_BYTES = 1 << 20
 MAX_NUMBER_CHARS = 64  # as coerce_row: a longer "number" stays text, and is rejected
-MAX_LABEL_CHARS = MAX_METADATA_BYTES // 4 - 16  # {"label": ...} then fits 4 KiB in UTF-8
 
 
 @dataclass(frozen=True)

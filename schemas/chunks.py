@@ -15,9 +15,12 @@ import binascii
 
 import pyarrow as pa
 
+from schemas.wire import MAX_METADATA_BYTES
+
 REQUEST_ID_COLUMN = "__request_id__"
 LABEL_COLUMN = "__label__"
 MAX_CHUNK_ROWS = 65_536
+MAX_LABEL_CHARS = MAX_METADATA_BYTES // 4 - 16  # {"label": ...} then fits 4 KiB in UTF-8
 
 
 class ChunkError(ValueError):

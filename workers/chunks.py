@@ -17,7 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.chunks import LABEL_COLUMN, REQUEST_ID_COLUMN, ChunkError, decode_chunk
+from schemas.chunks import (
+    LABEL_COLUMN,
+    MAX_LABEL_CHARS,
+    REQUEST_ID_COLUMN,
+    ChunkError,
+    decode_chunk,
+)
 from schemas.wire import REQUEST_ID_PATTERN, InputError, check_inputs
 
 
@@ -34,14 +40,17 @@ class RowChunk:
 
     @classmethod
     def from_message(cls, kwargs: dict[str, Any]) -> RowChunk:
+        """Read a task message's chunk; what is wrong with it goes to `error`."""
         chunk = cls(
             text=kwargs.get("chunk", ""),
-            model=str(kwargs.get("model", "")),
+            model=kwargs.get("model", ""),
             model_version=kwargs.get("model_version"),
             deadline_ms=kwargs.get("deadline_ms"),
         )
         try:
-            chunk.rows = decode_chunk(chunk.text)
+            chunk.error = _envelope_problem(chunk)
+            if chunk.error is None:
+                chunk.rows = decode_chunk(chunk.text)
         except ChunkError as exc:
             chunk.error = str(exc)
         return chunk
@@ -81,6 +90,21 @@ class RowChunk:
         return out
 
 
+def _envelope_problem(chunk: RowChunk) -> str | None:
+    """What the request fields shared by the chunk's rows break of the wire rules."""
+    if not isinstance(chunk.text, str):
+        return "chunk is not text"
+    if not isinstance(chunk.model, str) or not 1 <= len(chunk.model) <= 128:
+        return f"chunk names no usable model: {chunk.model!r}"
+    for name in ("model_version", "deadline_ms"):
+        value = getattr(chunk, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"chunk {name} is not an integer: {value!r}"
+        if value is not None and value < 1:
+            return f"chunk {name} must be at least 1, not {value}"
+    return None
+
+
 @dataclass
 class CheckedChunk:
     """A chunk's verdicts: `valid` rows go to the model with `columns` (those rows only);
@@ -96,13 +120,23 @@ class CheckedChunk:
 def check_chunk(
     rows: pa.RecordBatch, schema: dict[str, str], max_text_chars: int
 ) -> CheckedChunk | None:
-    """Check every row; None when the chunk's ids or column types do not fit the schema
-    (then it takes the row path, which says what is wrong row by row)."""
+    """Check every row; None when the chunk's ids, labels or column types do not fit the
+    wire rules or the schema (then it takes the row path, which says what is wrong row by
+    row)."""
     ids = rows.column(REQUEST_ID_COLUMN)
     if not pa.types.is_string(ids.type) or ids.null_count:
         return None
     if not pc.all(pc.match_substring_regex(ids, REQUEST_ID_PATTERN)).as_py():
         return None
+    if LABEL_COLUMN in rows.schema.names:
+        labels = rows.column(LABEL_COLUMN)
+        if not pa.types.is_string(labels.type):
+            return None
+        if (
+            labels.null_count < len(labels)
+            and pc.max(pc.utf8_length(labels)).as_py() > MAX_LABEL_CHARS
+        ):
+            return None
     bad = np.zeros(rows.num_rows, dtype=bool)
     for name, type_name in schema.items():
         if name not in rows.schema.names:

@@ -229,6 +229,31 @@ def test_a_chunk_of_other_types_or_bad_ids_is_not_checked_by_column() -> None:
     assert check_chunk(batch(["a"], pa.array([1.5])), {"x": "float"}, 10) is not None
 
 
+def test_labels_too_long_for_metadata_send_the_chunk_down_the_row_path() -> None:
+    def batch(label: str) -> pa.RecordBatch:
+        columns = [pa.array(["a"]), pa.array([1.5]), pa.array([label])]
+        return pa.RecordBatch.from_arrays(columns, names=[REQUEST_ID_COLUMN, "x", LABEL_COLUMN])
+
+    assert check_chunk(batch("benign"), {"x": "float"}, 10) is not None
+    assert check_chunk(batch("l" * 5000), {"x": "float"}, 10) is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"model": 7}, "chunk names no usable model: 7"),
+        ({"model_version": "1"}, "chunk model_version is not an integer: '1'"),
+        ({"model_version": 0}, "chunk model_version must be at least 1, not 0"),
+        ({"deadline_ms": True}, "chunk deadline_ms is not an integer: True"),
+    ],
+)
+def test_a_chunk_with_bad_shared_fields_is_refused(fields: dict[str, Any], reason: str) -> None:
+    rows = pa.RecordBatch.from_arrays([pa.array(["a"])], names=[REQUEST_ID_COLUMN])
+    message = {"chunk": encode_chunk(rows), "model": "demo", "model_version": 1, **fields}
+    chunk = RowChunk.from_message(message)
+    assert chunk.rows is None and chunk.error == reason
+
+
 def test_unreadable_chunks_say_why() -> None:
     rows = pa.RecordBatch.from_arrays([pa.array(["a", "b"])], names=[REQUEST_ID_COLUMN])
     assert decode_chunk(encode_chunk(rows)).equals(rows)
