@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,10 +18,9 @@ from producers.file_readers import coerce_row, detect_format, iter_rows
 from producers.redis_producer import RedisProducer
 from schemas.db import session_scope
 from schemas.tables import BulkDuplicate, BulkRun, ModelVersion, ScoreResult, utcnow
-from schemas.wire import REQUEST_ID_PATTERN
+from schemas.wire import usable_request_id
 from scoring import constants as c
 
-REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 MAX_REJECTIONS_KEPT = 20
 TYPED_BLOCK_CHUNKS = 16  # chunks typed by Arrow in one pass
 
@@ -130,7 +128,7 @@ def _requests(
             request_id = f"{run_id}:{number}"
         problem = row.get("__error__") or (
             None
-            if request_id is not None and REQUEST_ID.match(request_id)
+            if request_id is not None and usable_request_id(request_id)
             else f"row {number}: unusable id {request_id!r}"
         )
         if problem:

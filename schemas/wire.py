@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 MAX_METADATA_BYTES = 4096
 
 # Types a model version may declare for an input field, and the Python types they accept.
@@ -42,6 +44,11 @@ class ScoreRequest(BaseModel):
         if size > MAX_METADATA_BYTES:
             raise ValueError(f"metadata is {size} bytes; at most {MAX_METADATA_BYTES} allowed")
         return value
+
+
+def usable_request_id(value: str) -> bool:
+    """What the request_id field accepts (fullmatch: a trailing newline is no id)."""
+    return _REQUEST_ID.fullmatch(value) is not None
 
 
 class InputError(ValueError):

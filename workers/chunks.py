@@ -24,7 +24,7 @@ from schemas.chunks import (
     ChunkError,
     decode_chunk,
 )
-from schemas.wire import REQUEST_ID_PATTERN, InputError, check_inputs
+from schemas.wire import InputError, check_inputs, usable_request_id
 
 
 @dataclass
@@ -123,10 +123,11 @@ def check_chunk(
     """Check every row; None when the chunk's ids, labels or column types do not fit the
     wire rules or the schema (then it takes the row path, which says what is wrong row by
     row)."""
-    ids = rows.column(REQUEST_ID_COLUMN)
-    if not pa.types.is_string(ids.type) or ids.null_count:
+    column = rows.column(REQUEST_ID_COLUMN)
+    if not pa.types.is_string(column.type) or column.null_count:
         return None
-    if not pc.all(pc.match_substring_regex(ids, REQUEST_ID_PATTERN)).as_py():
+    ids = column.to_pylist()
+    if not all(map(usable_request_id, ids)):
         return None
     if LABEL_COLUMN in rows.schema.names:
         labels = rows.column(LABEL_COLUMN)
@@ -165,7 +166,7 @@ def check_chunk(
         else [None] * rows.num_rows
     )
     return CheckedChunk(
-        ids=ids.to_pylist(),
+        ids=ids,
         labels=labels,
         valid=valid,
         columns={
@@ -178,6 +179,8 @@ def check_chunk(
 def _bad_values(column: pa.Array, type_name: str, max_text_chars: int) -> np.ndarray | None:
     """Rows whose value `check_inputs` would refuse, or None for a column of the wrong type."""
     kind = column.type
+    if type_name == "float" and pa.types.is_float64(kind) and not column.null_count:
+        return ~np.isfinite(column.to_numpy())  # the common case, without a copy
     missing = column.is_null().to_numpy(zero_copy_only=False)
     if type_name == "float" and pa.types.is_float64(kind):
         values = column.fill_null(0.0).to_numpy(zero_copy_only=False)

@@ -275,24 +275,22 @@ class ScoringPipeline:
         error, in the same order) for scored rows, else `status` with `error`."""
         if scored is None:
             scored = [(None, error)] * len(indices)
+        # One row built in full, then copied per request: the lineage is the chunk's own.
+        shared = self._result(
+            item, "", None, model, status, batch_id=batch_id, began=began, inference_ms=inference_ms
+        )
         out = []
-        now = utcnow()
         for index, (outputs, problem) in zip(indices, scored, strict=True):
             label = checked.labels[index]
             out.append(
-                self._result(
-                    item,
-                    checked.ids[index],
-                    {"label": label} if label is not None else None,
-                    model,
-                    c.STATUS_ERROR if status == c.STATUS_OK and problem else status,
-                    outputs=outputs,
-                    error=problem,
-                    batch_id=batch_id,
-                    began=began,
-                    inference_ms=inference_ms,
-                    scored_at=now,
-                )
+                {
+                    **shared,
+                    "request_id": checked.ids[index],
+                    "metadata": {"label": label} if label is not None else None,
+                    "outputs": outputs,
+                    "error": problem,
+                    "status": c.STATUS_ERROR if status == c.STATUS_OK and problem else status,
+                }
             )
         return out
 

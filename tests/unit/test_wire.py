@@ -7,7 +7,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from schemas.wire import InputError, ScoreRequest, check_inputs
+from schemas.wire import InputError, ScoreRequest, check_inputs, usable_request_id
 
 SCHEMA = {"amount": "float", "age_days": "int", "note": "str"}
 GOOD = {"amount": 120.5, "age_days": 3, "note": "hi"}
@@ -69,3 +69,9 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(InputError) as err:
         check_inputs({"note": 5}, SCHEMA, 100)
     assert str(err.value).count(";") == 2
+
+
+def test_a_usable_request_id_is_matched_whole() -> None:
+    assert usable_request_id("ord-81723:a.b_c")
+    assert not usable_request_id("ord-81723\n")  # re.match with $ would accept this
+    assert not usable_request_id("a b") and not usable_request_id("x" * 129)
