@@ -17,11 +17,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from producers.file_readers import MAX_NUMBER_CHARS
 from schemas.chunks import LABEL_COLUMN, MAX_LABEL_CHARS, REQUEST_ID_COLUMN
-from schemas.wire import REQUEST_ID_PATTERN
+from schemas.wire import usable_request_id
 
 READ_BLOCK_BYTES = 1 << 20
-MAX_NUMBER_CHARS = 64  # as coerce_row: a longer "number" stays text, and is rejected
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def _ids(column: pa.Array) -> pa.Array | None:
     if not (pa.types.is_string(column.type) or pa.types.is_integer(column.type)):
         return None
     ids = column.cast(pa.string())
-    if ids.null_count or not pc.all(pc.match_substring_regex(ids, REQUEST_ID_PATTERN)).as_py():
+    if ids.null_count or not all(map(usable_request_id, ids.to_pylist())):
         return None
     return ids
 

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+MAX_NUMBER_CHARS = 64  # longer text in a number field is no number, and is rejected
+
 FORMATS = {
     ".csv": "csv",
     ".parquet": "parquet",
@@ -73,7 +75,11 @@ def coerce_row(row: dict[str, Any], schema: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, type_name in schema.items():
         value = row.get(name)
-        if isinstance(value, str) and type_name in ("float", "int") and len(value) <= 64:
+        if (
+            isinstance(value, str)
+            and type_name in ("float", "int")
+            and len(value) <= MAX_NUMBER_CHARS
+        ):
             value = _parse_number(value, type_name)
         out[name] = value
     return out

@@ -84,7 +84,7 @@ class RedisProducer:
                 "enqueued_at": time.time(),
             },
             queue=self.queue,
-            priority=_kombu_priority([]),
+            priority=_kombu_priority([{}]),  # a bulk row's priority is the default
         )
         return rows.num_rows
 
