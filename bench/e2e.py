@@ -26,15 +26,17 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from bench.e2e_arms import Budget, Rep
-from bench.e2e_models import BenchModel, demo_model, text_model
-from scoring.settings import Settings, get_settings
+from schemas.settings import Settings
+
+if TYPE_CHECKING:  # these import torch: only when the benchmark runs
+    from bench.e2e_arms import Budget, Rep
+    from bench.e2e_models import BenchModel
 
 ARMS = (
     "enqueue",
@@ -90,6 +92,8 @@ class Plan:
         return arm in self.arms
 
     def budget(self, rows: int | None = None) -> Budget:
+        from bench.e2e_arms import Budget
+
         return Budget(rows or self.rows, self.seconds, self.stall_s)
 
     def rows_for(self, faster_rate: float | None) -> int:
@@ -166,11 +170,11 @@ def command(
     if model not in ("demo", "minilm", "both"):
         console.print(f"[red]error:[/] --model must be demo, minilm or both, not {model!r}")
         raise typer.Exit(2)
-    settings = get_settings()
-    if not settings.database_url.startswith("postgresql"):
+    settings = Settings.from_env()
+    if not settings.database.sqlalchemy_url().startswith("postgresql"):
         console.print(
             "[red]error:[/] the e2e bench needs PostgreSQL and Redis: "
-            'eval "$(deploy/services.sh env)" (or set SCORING_DATABASE_URL/BROKER_URL)'
+            'eval "$(make -s services-env)" (or set SCORING_DATABASE_URL/BROKER_URL)'
         )
         raise typer.Exit(2)
     chosen = frozenset(a.strip() for a in only.split(",") if a.strip())
@@ -182,7 +186,7 @@ def command(
         rows=rows,
         reps=reps or (1 if quick else 3),
         seconds=seconds or (10.0 if quick else 30.0),
-        chunk=settings.chunk_size,
+        chunk=settings.batching.chunk_size,
         stall_s=30.0 if quick else 60.0,
         arms=chosen,
         quick=quick,
@@ -199,6 +203,8 @@ def command(
 
 
 def _models(choice: str) -> tuple[list[BenchModel], list[str]]:
+    from bench.e2e_models import demo_model, text_model
+
     models, notes = (
         [],
         [
@@ -236,9 +242,9 @@ def _report(
             "reps": plan.reps,
             "seconds": plan.seconds,
             "chunk_size": plan.chunk,
-            "worker_prefetch": settings.worker_prefetch,
-            "worker_flush_interval_s": settings.worker_flush_interval_s,
-            "max_wait_ms": settings.max_wait_ms,
+            "worker_prefetch": settings.broker.worker_prefetch,
+            "worker_flush_interval_s": settings.broker.worker_flush_interval_s,
+            "max_wait_ms": settings.batching.max_wait_ms,
             **context,
             "setup": SETUP,
         },

@@ -20,10 +20,10 @@ from sqlmodel import Session
 from bench.e2e_stack import count_rows, wait_until
 from producers import bulk as bulk_jobs
 from producers.redis_producer import RedisProducer
+from schemas import names as c
 from schemas.tables import ModelVersion, ScoreResult, utcnow
-from scoring import constants as c
-from workers.runtime import LoadedModel
-from workers.sink import ResultSink
+from workers.core.sink import ResultSink
+from workers.runtime.loaded import LoadedModel
 
 
 @dataclass(frozen=True)

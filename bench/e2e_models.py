@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scoring import constants as c
+from schemas import names as c
 
 Inputs = list[dict[str, Any]]
 
@@ -49,7 +49,7 @@ def _cell(value: Any) -> str:
 
 
 def _demo_rows(n: int, seed: int) -> list[tuple[str, dict[str, Any], str]]:
-    from scoring.demo_model import LABELS, sample_rows
+    from workers.runtime.models.demo.build import LABELS, sample_rows
 
     names, rows, labels = sample_rows(n, seed)
     return [
@@ -60,8 +60,8 @@ def _demo_rows(n: int, seed: int) -> list[tuple[str, dict[str, Any], str]]:
 
 def _build_demo(directory: Path, quick: bool) -> Path:
     """The demo artifact; --quick trains 3 epochs instead of 60 (same shape, same speed)."""
-    from scoring.demo_model import build_artifact, train
-    from workers.artifacts import save_artifact
+    from workers.runtime.artifacts import save_artifact
+    from workers.runtime.models.demo.build import build_artifact, train
 
     if not quick:
         return build_artifact(directory)
@@ -77,8 +77,8 @@ def demo_model() -> BenchModel:
 def text_model() -> tuple[BenchModel | None, str | None]:
     """The MiniLM model, or None and why not (its code or extra is not installed)."""
     try:
-        text_module = importlib.import_module("scoring.text_model")
-        from workers.models import get_architecture
+        text_module = importlib.import_module("workers.runtime.models.minilm.build")
+        from workers.runtime.models import get_architecture
 
         get_architecture("minilm-prototypes")
     except (ImportError, ValueError) as exc:

@@ -32,12 +32,12 @@ from bench.e2e_stack import (
     start_processes,
     wait_until,
 )
+from schemas.broker import celery_app
 from schemas.db import make_engine
+from schemas.settings import Settings
 from schemas.tables import ModelVersion
-from scoring.settings import Settings
-from workers import registry
-from workers.celery_app import create_app
-from workers.runtime import LoadedModel, load_model
+from workers.runtime import registry
+from workers.runtime.loaded import LoadedModel, load_model
 
 
 @dataclass(frozen=True)
@@ -67,16 +67,16 @@ class Stack:
     work: Path
 
     def app(self, queue: str) -> Celery:
-        return create_app(self.settings.model_copy(update={"requests_queue": queue}))
+        return celery_app(self.settings.replace(broker={"requests_queue": queue}).broker)
 
     def worker_env(self) -> dict[str, str]:
         s = self.settings
         return {
-            "SCORING_DATABASE_URL": s.database_url,
-            "SCORING_BROKER_URL": s.broker_url,
-            "SCORING_MODEL_STORE": str(s.model_store),
-            "SCORING_REQUESTS_QUEUE": s.requests_queue,
-            "SCORING_DEAD_LETTER_QUEUE": s.dead_letter_queue,
+            "SCORING_DATABASE_URL": s.database.sqlalchemy_url(),
+            "SCORING_BROKER_URL": s.broker.broker_url(),
+            "SCORING_MODEL_STORE": str(s.runtime.model_store),
+            "SCORING_REQUESTS_QUEUE": s.broker.requests_queue,
+            "SCORING_DEAD_LETTER_QUEUE": s.broker.dead_letter_queue,
         }
 
 
@@ -99,14 +99,12 @@ def run(
     """Every arm once per repetition, in order; returns (arms, context for the report)."""
     queues = Queues.for_tag(tag)
     load_at_start, meter = os.getloadavg(), CpuMeter()
-    with scratch_database(settings.database_url) as url, _queues_dropped(settings, queues):
-        bench_settings = settings.model_copy(
-            update={
-                "database_url": url,
-                "model_store": (work / "store").resolve(),
-                "requests_queue": queues.all,
-                "dead_letter_queue": queues.dead,
-            }
+    server = settings.database.sqlalchemy_url()
+    with scratch_database(server) as url, _queues_dropped(settings, queues):
+        bench_settings = settings.replace(
+            database={"url": url},
+            runtime={"model_store": (work / "store").resolve()},
+            broker={"requests_queue": queues.all, "dead_letter_queue": queues.dead},
         )
         engine = make_engine(url)
         try:
@@ -133,14 +131,14 @@ def _queues_dropped(settings: Settings, queues: Queues) -> Iterator[None]:
     try:
         yield
     finally:
-        delete_queues(settings.broker_url, *vars(queues).values())
+        delete_queues(settings.broker.broker_url(), *vars(queues).values())
 
 
 def _register(
     engine: Engine, settings: Settings, model: BenchModel, work: Path, quick: bool
 ) -> ModelVersion:
     artifact = model.build_artifact(work / f"artifact-{model.name}", quick)
-    return registry.register(engine, settings.model_store, model.name, artifact)
+    return registry.register(engine, settings.runtime.model_store, model.name, artifact)
 
 
 def _median(results: Results, group: str, name: str) -> float | None:

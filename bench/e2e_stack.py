@@ -120,12 +120,11 @@ def scoring_worker(
 ) -> WorkerProcs:
     """One real `scoring worker` process per queue list, each with `threads` torch threads.
 
-    Started as `scoring worker --one`, which is what `scoring worker --cpu N` runs in each
-    child; started directly so that each process can consume its own set of queues.
+    Started as `python -m workers.process`, which is what `scoring worker --cpu N` runs in
+    each child; started directly so that each process can consume its own set of queues.
     """
     commands = [
-        [sys.executable, "-m", "scoring.cli", "worker", "--one", f"--queues={','.join(q)}"]
-        for q in queues
+        [sys.executable, "-m", "workers.process", f"--queues={','.join(q)}"] for q in queues
     ]
     envs = [
         {

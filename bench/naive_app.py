@@ -19,13 +19,13 @@ import torch
 from celery import Celery
 from sqlmodel import Session
 
+from schemas import names as c
 from schemas.db import make_engine
+from schemas.settings import Settings
 from schemas.tables import ScoreResult, utcnow
 from schemas.wire import ScoreRequest, check_inputs
-from scoring import constants as c
-from scoring.settings import Settings, get_settings
-from workers import registry
-from workers.runtime import LoadedModel, load_model
+from workers.runtime import registry
+from workers.runtime.loaded import LoadedModel, load_model
 
 TASK = "bench.naive.score_one"
 
@@ -34,7 +34,7 @@ def create_app(settings: Settings, queue: str) -> Celery:
     """The naive app: the task is registered here; nothing connects until used."""
     app = Celery("naive", set_as_current=False)
     app.conf.update(
-        broker_url=settings.broker_url,
+        broker_url=settings.broker.broker_url(),
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
@@ -49,8 +49,8 @@ def create_app(settings: Settings, queue: str) -> Celery:
 def _engine_and_model() -> tuple[Any, LoadedModel]:
     """Per child process, on first use (after the fork)."""
     torch.set_num_threads(1)
-    settings = get_settings()
-    engine = make_engine(settings.database_url)
+    settings = Settings.from_env()
+    engine = make_engine(settings.database.sqlalchemy_url())
     return engine, load_model(registry.get_version(engine, c.DEMO_MODEL))
 
 
@@ -81,7 +81,7 @@ def score_one(request: dict[str, Any]) -> None:
 
 def main(queue: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    app = create_app(get_settings(), queue)
+    app = create_app(Settings.from_env(), queue)
     app.worker_main(
         [
             "worker",

@@ -32,8 +32,8 @@ def command(
     """Measure the model runtime; write every row and the headline ratios to OUT."""
     import torch
 
-    from workers.backends import CPU_BACKENDS, GPU_BACKENDS
-    from workers.runtime import pick_device
+    from workers.runtime.backends import CPU_BACKENDS, GPU_BACKENDS
+    from workers.runtime.loaded import pick_device
 
     if threads:
         torch.set_num_threads(threads)
@@ -61,12 +61,12 @@ def command(
 def _record(name: str, tmp: Path) -> Any:
     """An in-memory ModelVersion for a freshly built artifact (no database needed)."""
     from schemas.tables import ModelVersion
-    from workers.artifacts import artifact_sha256, read_manifest
+    from workers.runtime.artifacts import artifact_sha256, read_manifest
 
     if name == "demo":
-        from scoring.demo_model import build_artifact
+        from workers.runtime.models.demo.build import build_artifact
     else:
-        from scoring.text_model import build_artifact
+        from workers.runtime.models.minilm.build import build_artifact
     folder = build_artifact(tmp / name)
     manifest = read_manifest(folder)
     runtime = manifest.get("runtime", {})
@@ -85,9 +85,9 @@ def _record(name: str, tmp: Path) -> Any:
 def measure(
     record: Any, backends: list[str], device: str, sizes: list[int], rounds: int
 ) -> list[dict[str, Any]]:
-    from workers.backends import BackendUnavailable
-    from workers.quality import Thresholds, held_out, judge, predict_all
-    from workers.runtime import load_model
+    from workers.runtime.backends import BackendUnavailable
+    from workers.runtime.loaded import load_model
+    from workers.runtime.quality import Thresholds, held_out, judge, predict_all
 
     inputs, labels = held_out(record)
     record.max_batch_size = max(sizes)

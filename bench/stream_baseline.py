@@ -19,24 +19,22 @@ log = logging.getLogger("bench.stream_baseline")
 def main() -> None:
     from kafka import KafkaConsumer, KafkaProducer
 
-    from producers.kafka_producer import producer_config
-    from scoring.settings import get_settings
-    from workers.kafka_runner import consumer_config
+    from schemas.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    settings = get_settings()
+    settings = Settings.from_env()
     pipeline = _pipeline(settings)
-    consumer = KafkaConsumer(**{**consumer_config(settings), "max_poll_records": 1})
-    consumer.subscribe([settings.kafka_topic], listener=_logged())
-    producer = KafkaProducer(**producer_config(settings))
+    consumer = KafkaConsumer(**{**settings.kafka.consumer_config(), "max_poll_records": 1})
+    consumer.subscribe([settings.kafka.topic], listener=_logged())
+    producer = KafkaProducer(**settings.kafka.producer_config())
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     handled = 0
     while not stop.is_set():
         for records in consumer.poll(timeout_ms=200, max_records=1).values():
             for record in records:
-                _handle(record, pipeline, consumer, producer, settings.kafka_results_topic)
+                _handle(record, pipeline, consumer, producer, settings.kafka.results_topic)
                 handled += 1
     producer.flush()
     consumer.close(autocommit=False)
@@ -48,7 +46,7 @@ def _handle(record: Any, pipeline: Any, consumer: Any, producer: Any, results: s
     """Validate, score and insert one record (one transaction), then commit its offset."""
     from kafka.structs import OffsetAndMetadata, TopicPartition
 
-    from workers.kafka_source import result_event, work_item
+    from workers.sources.kafka.source import result_event, work_item
 
     item = work_item(record)
     pipeline.process([item])
@@ -62,19 +60,20 @@ def _handle(record: Any, pipeline: Any, consumer: Any, producer: Any, results: s
 def _pipeline(settings: Any) -> Any:
     """The stream worker's pipeline, without its micro-batcher; active models loaded."""
     from schemas.db import make_engine
-    from workers import registry
-    from workers.pipeline import PipelineConfig, ScoringPipeline
-    from workers.runtime import ModelCache, pick_device
-    from workers.sink import ResultSink
+    from workers.core.pipeline import PipelineConfig, ScoringPipeline
+    from workers.core.sink import ResultSink
+    from workers.runtime import registry
+    from workers.runtime.loaded import ModelCache, pick_device
 
-    if settings.torch_threads:
+    if settings.runtime.torch_threads:
         import torch
 
-        torch.set_num_threads(settings.torch_threads)
-    engine = make_engine(settings.database_url)
+        torch.set_num_threads(settings.runtime.torch_threads)
+    engine = make_engine(settings.database.sqlalchemy_url())
+    db = settings.database
     pipeline = ScoringPipeline(
         engine,
-        ResultSink(engine, settings.db_retries, settings.db_retry_backoff_s),
+        ResultSink(engine, db.retries, db.retry_backoff_s),
         ModelCache(pick_device()),
         PipelineConfig(worker="batch1"),
     )

@@ -32,9 +32,8 @@ from bench.stream_load import (
     rate_window,
     sustained_rate,
 )
-from producers.kafka_producer import kafka_client_config
-from scoring import constants as c
-from scoring.settings import Settings, get_settings
+from schemas import names as c
+from schemas.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -168,11 +167,11 @@ def _stages(stack: Stack, prefix: str, worker: str) -> dict[str, float | None]:
 def _stack() -> Iterator[Stack]:
     from kafka.admin import KafkaAdminClient
 
-    settings = get_settings()
-    client = kafka_client_config(settings)
+    settings = Settings.from_env()
+    client = settings.kafka.client_config()
     workdir = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     run_id = uuid.uuid4().hex[:8]
-    url, drop = _temp_database(settings.database_url, workdir, run_id)
+    url, drop = _temp_database(settings.database.sqlalchemy_url(), workdir, run_id)
     admin = KafkaAdminClient(**client, client_id="scoring-bench")
     stack = Stack(settings, client, workdir, url, run_id, [], [])
     try:
@@ -209,8 +208,8 @@ def _register(
 ) -> tuple[dict[str, Payload], dict[str, str]]:
     """Register the demo classifier (and MiniLM if its code is installed); request makers."""
     from schemas.db import make_engine
-    from scoring.demo_model import build_artifact, sample_rows
-    from workers import registry
+    from workers.runtime import registry
+    from workers.runtime.models.demo.build import build_artifact, sample_rows
 
     engine = make_engine(stack.database_url)
     store = stack.workdir / "store"
@@ -220,8 +219,8 @@ def _register(
     payloads, skipped = {c.DEMO_MODEL: _payload(c.DEMO_MODEL, demo)}, {}
     if c.TEXT_MODEL in models:
         try:
-            from scoring.text_model import build_artifact as build_text
-            from scoring.text_model import sample_texts
+            from workers.runtime.models.minilm.build import build_artifact as build_text
+            from workers.runtime.models.minilm.build import sample_texts
 
             text = registry.register(
                 engine, store, c.TEXT_MODEL, build_text(stack.workdir / "text")
@@ -329,7 +328,7 @@ def _transformer_bound(stack: Stack, report: dict[str, Any]) -> dict[str, Any] |
             for (v,) in conn.execute(
                 text(
                     "SELECT inference_ms FROM batch_metrics "
-                    "WHERE model_name = :m AND worker = 'stream'"
+                    "WHERE model_name = :m AND worker LIKE 'stream@%'"
                 ),
                 {"m": c.TEXT_MODEL},
             )
@@ -338,7 +337,7 @@ def _transformer_bound(stack: Stack, report: dict[str, Any]) -> dict[str, Any] |
     half_load = text_report["latency_at_half_load"]["stages_p50_ms"]["inference"]
     if half_load is None:
         return None
-    wait = stack.settings.max_wait_ms
+    wait = stack.settings.batching.max_wait_ms
     return {
         "max_wait_ms": wait,
         "batch_inference_ms_at_half_load": half_load,

@@ -12,14 +12,16 @@ from typing import Any
 import pyarrow as pa
 from celery import Celery
 from sqlalchemy import Engine, func, select
+from sqlmodel import col
 
 from producers.bulk_columns import read_slices, typed_chunks
 from producers.file_readers import coerce_row, detect_format, iter_rows
 from producers.redis_producer import RedisProducer
+from schemas import names as c
+from schemas.chunks import max_label_chars
 from schemas.db import session_scope
 from schemas.tables import BulkDuplicate, BulkRun, ModelVersion, ScoreResult, utcnow
-from schemas.wire import usable_request_id
-from scoring import constants as c
+from schemas.wire import DEFAULT_MAX_METADATA_BYTES, usable_request_id
 
 MAX_REJECTIONS_KEPT = 20
 TYPED_BLOCK_CHUNKS = 16  # chunks typed by Arrow in one pass
@@ -31,6 +33,8 @@ class BulkOptions:
     id_column: str | None = None
     label_column: str | None = None
     deadline_ms: int | None = None
+    # SCORING_MAX_METADATA_BYTES: a label column longer than fits sends its chunk as rows.
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
 
 
 def enqueue_file(
@@ -99,7 +103,8 @@ def _messages(
     schema = dict(model.input_schema)
     wanted = [*schema, *(c for c in (options.id_column, options.label_column) if c)]
     columns = list(dict.fromkeys(wanted))
-    typing = (schema, run_id, options.id_column, options.label_column)
+    label_chars = max_label_chars(options.max_metadata_bytes)
+    typing = (schema, run_id, options.id_column, options.label_column, label_chars)
     for block in read_slices(
         path, fmt, columns, TYPED_BLOCK_CHUNKS * options.chunk_size, rejections
     ):
@@ -187,10 +192,14 @@ def progress(engine: Engine, run_id: str) -> tuple[int, int]:
         if run is None:
             raise ValueError(f"no bulk run {run_id!r}; see `scoring status`")
         stored = session.scalar(
-            select(func.count()).select_from(ScoreResult).where(ScoreResult.bulk_run_id == run_id)
+            select(func.count())
+            .select_from(ScoreResult)
+            .where(col(ScoreResult.bulk_run_id) == run_id)
         )
         dupes = session.scalar(
-            select(func.count()).select_from(BulkDuplicate).where(BulkDuplicate.run_id == run_id)
+            select(func.count())
+            .select_from(BulkDuplicate)
+            .where(col(BulkDuplicate.run_id) == run_id)
         )
         done = (stored or 0) + (dupes or 0)
         if run.status == c.RUN_RUNNING and done >= run.enqueued_rows:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from producers.file_readers import MAX_NUMBER_CHARS
-from schemas.chunks import LABEL_COLUMN, MAX_LABEL_CHARS, REQUEST_ID_COLUMN
+from schemas.chunks import LABEL_COLUMN, REQUEST_ID_COLUMN, max_label_chars
 from schemas.wire import usable_request_id
 
 READ_BLOCK_BYTES = 1 << 20
@@ -105,17 +105,18 @@ def typed_chunks(
     run_id: str,
     id_column: str | None,
     label_column: str | None,
+    label_chars: int | None = None,
 ) -> Iterator[Slice | pa.RecordBatch]:
     """Cut a slice into chunks of `size` rows, typed in one pass where the whole slice
     types (Arrow's kernels cost per call, not per row); else chunk by chunk, so one bad
     value sends only its own chunk (as a raw Slice) down the row path."""
-    whole = typed_chunk(piece, schema, run_id, id_column, label_column)
+    whole = typed_chunk(piece, schema, run_id, id_column, label_column, label_chars)
     for start in range(0, piece.rows.num_rows, size):
         if whole is not None:
             yield whole.slice(start, size)
             continue
         part = Slice(piece.rows.slice(start, size), piece.first + start)
-        chunk = typed_chunk(part, schema, run_id, id_column, label_column)
+        chunk = typed_chunk(part, schema, run_id, id_column, label_column, label_chars)
         yield part if chunk is None else chunk
 
 
@@ -125,6 +126,7 @@ def typed_chunk(
     run_id: str,
     id_column: str | None,
     label_column: str | None,
+    label_chars: int | None = None,
 ) -> pa.RecordBatch | None:
     """The slice as a chunk (request id, the schema's fields typed, label), or None when
     some value would not type exactly as the row path types it."""
@@ -144,7 +146,7 @@ def typed_chunk(
         arrays.append(typed)
         names.append(name)
     if label_column:
-        label = _label(rows.column(label_column))
+        label = _label(rows.column(label_column), label_chars or max_label_chars())
         if label is None:
             return None
         arrays.append(label)
@@ -180,11 +182,11 @@ def _typed(column: pa.Array, type_name: str) -> pa.Array | None:
     return None
 
 
-def _label(column: pa.Array) -> pa.Array | None:
+def _label(column: pa.Array, limit: int) -> pa.Array | None:
     if not (pa.types.is_string(column.type) or pa.types.is_integer(column.type)):
         return None
     labels = column.cast(pa.string())
-    return labels if _longest(labels) <= MAX_LABEL_CHARS else None
+    return labels if _longest(labels) <= limit else None
 
 
 def _longest(column: pa.Array) -> int:

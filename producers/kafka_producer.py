@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from schemas.settings import KafkaSettings
 from schemas.wire import ScoreRequest
-from scoring.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -29,41 +29,6 @@ class KafkaDeliveryError(RuntimeError):
     def __init__(self, message: str, confirmed: int) -> None:
         super().__init__(message)
         self.confirmed = confirmed
-
-
-def kafka_client_config(settings: Settings) -> dict[str, Any]:
-    """Connection options shared by producers, consumers and admin clients.
-
-    Credentials come from SecretStr settings and are only unwrapped here; never log this.
-    """
-    config: dict[str, Any] = {
-        "bootstrap_servers": [h.strip() for h in settings.kafka_bootstrap.split(",") if h.strip()],
-        "security_protocol": settings.kafka_security_protocol,
-    }
-    if settings.kafka_security_protocol.startswith("SASL"):
-        if not settings.kafka_username or settings.kafka_password is None:
-            raise ValueError(
-                f"SCORING_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} needs "
-                "SCORING_KAFKA_USERNAME and SCORING_KAFKA_PASSWORD"
-            )
-        config["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        config["sasl_plain_username"] = settings.kafka_username
-        config["sasl_plain_password"] = settings.kafka_password.get_secret_value()
-    if settings.kafka_ssl_cafile is not None:
-        config["ssl_cafile"] = str(settings.kafka_ssl_cafile)
-    return config
-
-
-def producer_config(settings: Settings) -> dict[str, Any]:
-    """Safe producer options: all replicas acknowledge, retries cannot duplicate."""
-    return {
-        **kafka_client_config(settings),
-        "acks": "all",
-        "enable_idempotence": True,
-        "linger_ms": 5,
-        "batch_size": 256 * 1024,
-        "client_id": "scoring-producer",
-    }
 
 
 def encode(request: ScoreRequest | dict[str, Any], validate: bool = True) -> tuple[bytes, bytes]:
@@ -81,16 +46,16 @@ class EventProducer:
     No connection is made until `open()` (or `with EventProducer(...)`).
     """
 
-    def __init__(self, settings: Settings, topic: str | None = None, **overrides: Any) -> None:
-        self.settings = settings
-        self.topic = topic or settings.kafka_topic
+    def __init__(self, kafka: KafkaSettings, topic: str | None = None, **overrides: Any) -> None:
+        self.kafka = kafka
+        self.topic = topic or kafka.topic
         self.overrides = overrides
         self._producer: Any = None
 
     def open(self) -> EventProducer:
         from kafka import KafkaProducer
 
-        self._producer = KafkaProducer(**{**producer_config(self.settings), **self.overrides})
+        self._producer = KafkaProducer(**{**self.kafka.producer_config(), **self.overrides})
         return self
 
     def __enter__(self) -> EventProducer:

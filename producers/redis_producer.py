@@ -14,9 +14,9 @@ from typing import Any
 import pyarrow as pa
 from celery import Celery
 
+from schemas import names as c
 from schemas.chunks import encode_chunk
 from schemas.wire import ScoreRequest
-from scoring import constants as c
 
 
 class RedisProducer:

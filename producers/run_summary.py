@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, func, select
+from sqlmodel import col
 
 from schemas.db import session_scope
-from schemas.tables import BulkDuplicate, BulkRun, ScoreResult
+from schemas.tables import BulkDuplicate, BulkRun, ScoreResult, table_of
 
 
 @dataclass
@@ -37,7 +39,7 @@ class RunSummary:
 
 def summarize(engine: Engine, run_id: str) -> RunSummary:
     """Read the run's results back from the database; nothing here trusts the producer."""
-    table = ScoreResult.__table__
+    table = table_of(ScoreResult)
     with session_scope(engine) as session:
         run = session.get(BulkRun, run_id)
         if run is None:
@@ -55,7 +57,7 @@ def summarize(engine: Engine, run_id: str) -> RunSummary:
             session.scalar(
                 select(func.count())
                 .select_from(BulkDuplicate)
-                .where(BulkDuplicate.run_id == run_id)
+                .where(col(BulkDuplicate.run_id) == run_id)
             )
             or 0
         )
@@ -92,7 +94,7 @@ def _pct(values: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(values, q)), 2) if values.size else None
 
 
-def _accuracy(rows: list[Any]) -> float | None:
+def _accuracy(rows: Sequence[Any]) -> float | None:
     labelled = [
         (r.outputs or {}).get("label") == (r.metadata or {}).get("label")
         for r in rows

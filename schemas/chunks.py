@@ -15,12 +15,17 @@ import binascii
 
 import pyarrow as pa
 
-from schemas.wire import MAX_METADATA_BYTES
+from schemas.wire import DEFAULT_MAX_METADATA_BYTES
 
 REQUEST_ID_COLUMN = "__request_id__"
 LABEL_COLUMN = "__label__"
 MAX_CHUNK_ROWS = 65_536
-MAX_LABEL_CHARS = MAX_METADATA_BYTES // 4 - 16  # {"label": ...} then fits 4 KiB in UTF-8
+
+
+def max_label_chars(max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES) -> int:
+    """The longest label a chunk carries: {"label": ...} then fits the metadata limit in
+    UTF-8 whatever the characters (a longer one takes the row path, where it is refused)."""
+    return max(0, max_metadata_bytes // 4 - 16)
 
 
 class ChunkError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -177,3 +177,10 @@ class Feedback(SQLModel, table=True):
     model_name: str = Field(max_length=128)
     label: str = Field(max_length=256)
     received_at: datetime = Field(default_factory=utcnow)
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a model, for bulk statements (SQLModel adds `__table__` at class
+    creation, where type checkers cannot see it)."""
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    return table

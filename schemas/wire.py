@@ -7,11 +7,12 @@ import math
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
-MAX_METADATA_BYTES = 4096
+# Default of SCORING_MAX_METADATA_BYTES; validation takes the setting as context.
+DEFAULT_MAX_METADATA_BYTES = 4096
 
 # Types a model version may declare for an input field, and the Python types they accept.
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -37,13 +38,19 @@ class ScoreRequest(BaseModel):
 
     @field_validator("metadata")
     @classmethod
-    def _metadata_small(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _metadata_small(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if not value:
             return value
+        limit = (info.context or {}).get("max_metadata_bytes", DEFAULT_MAX_METADATA_BYTES)
         size = len(json.dumps(value, separators=(",", ":")).encode())
-        if size > MAX_METADATA_BYTES:
-            raise ValueError(f"metadata is {size} bytes; at most {MAX_METADATA_BYTES} allowed")
+        if size > limit:
+            raise ValueError(f"metadata is {size} bytes; at most {limit} allowed")
         return value
+
+    @classmethod
+    def parse(cls, body: dict[str, Any], max_metadata_bytes: int) -> ScoreRequest:
+        """Validate a decoded wire message under the SCORING_MAX_METADATA_BYTES limit."""
+        return cls.model_validate(body, context={"max_metadata_bytes": max_metadata_bytes})
 
 
 def usable_request_id(value: str) -> bool:
@@ -89,6 +96,6 @@ def _field_problem(value: Any, type_name: str, max_text_chars: int) -> str | Non
     if not isinstance(value, accepted):
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
         return f"expected {type_name}, got {type(value).__name__} {shown}"
-    if type_name == "float" and not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return f"not a finite number ({value})"
     return None

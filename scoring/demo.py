@@ -5,28 +5,39 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from celery.contrib.testing.worker import start_worker
+from pydantic import SecretStr
 from rich.console import Console
 
-from producers import bulk as bulk_jobs
-from producers.run_summary import RunSummary, summarize
-from schemas.db import make_engine, upgrade
-from scoring import constants as c
-from scoring.demo_model import build_artifact, write_csv
-from scoring.settings import Settings
-from workers import registry
-from workers.celery_app import create_app
+from schemas import names as c
+from schemas.settings import BrokerSettings, DatabaseSettings, RuntimeSettings, Settings
+
+if TYPE_CHECKING:
+    from producers.run_summary import RunSummary
+
+
+def demo_settings(database_url: str) -> Settings:
+    """Embedded defaults: the given SQLite file and Celery's in-memory broker."""
+    return Settings(
+        database=DatabaseSettings(url=SecretStr(database_url)),
+        broker=BrokerSettings(url=SecretStr("memory://localhost/")),
+        runtime=RuntimeSettings(worker_name=f"demo@{c.DEMO_MODEL}"),
+    )
 
 
 def ensure_demo_model(settings: Settings, workdir: Path, console: Console) -> None:
     """Train and register the demo classifier as version 1 unless a version is active."""
-    engine = make_engine(settings.database_url)
+    from schemas.db import make_engine
+    from workers.runtime import registry
+    from workers.runtime.models.demo.build import build_artifact
+
+    engine = make_engine(settings.database.sqlalchemy_url())
     if c.DEMO_MODEL in registry.active_versions(engine):
         return
     console.print("training the demo classifier (breast cancer data, seeded)…")
     artifact = build_artifact(workdir / "demo-artifact")
-    record = registry.register(engine, settings.model_store, c.DEMO_MODEL, artifact)
+    record = registry.register(engine, settings.runtime.model_store, c.DEMO_MODEL, artifact)
     if record.status != c.VERSION_ACTIVE:
         registry.promote(engine, c.DEMO_MODEL, record.version, detail="demo")
     console.print(f"registered {c.DEMO_MODEL} v{record.version}")
@@ -35,25 +46,37 @@ def ensure_demo_model(settings: Settings, workdir: Path, console: Console) -> No
 def run_demo(
     rows: int, database_url: str, workdir: Path, seed: int, console: Console
 ) -> RunSummary:
-    settings = Settings(database_url=database_url, broker_url="memory://localhost/")
-    upgrade(settings.database_url)
+    """Score `rows` synthetic rows end to end; return the run's summary."""
+    began = time.perf_counter()
+    from celery.contrib.testing.worker import start_worker
+
+    from producers import bulk as bulk_jobs
+    from producers.run_summary import summarize
+    from schemas.db import make_engine, upgrade
+    from scoring.cli.bulk import follow, print_summary
+    from workers.process import WorkerProcess, celery_worker_app
+    from workers.runtime import registry
+    from workers.runtime.models.demo.build import write_csv
+
+    settings = demo_settings(database_url)
+    upgrade(settings.database.sqlalchemy_url())
     ensure_demo_model(settings, workdir, console)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database.sqlalchemy_url())
     model = registry.get_version(engine, c.DEMO_MODEL)
     data = write_csv(workdir / "demo.csv", rows, seed)
-    app = create_app(settings)
+    process = WorkerProcess(settings)
+    process.start()  # loads and warms up the model before the clock starts
+    app = celery_worker_app(process)
     logging.getLogger("celery").setLevel(logging.WARNING)
-    from scoring.cli.bulk import follow, print_summary
-
     with start_worker(
         app,
         pool="solo",
         perform_ping_check=False,
         loglevel="WARNING",
         shutdown_timeout=60,
-        hostname=f"demo@{c.DEMO_MODEL}",
+        hostname=process.name,
     ):
-        app.scoring_context.get().warm_up()  # type: ignore[attr-defined]
+        console.print(f"start-up {time.perf_counter() - began:.1f}s (imports, model, worker)")
         started = time.perf_counter()
         run = bulk_jobs.enqueue_file(
             app,
@@ -61,7 +84,7 @@ def run_demo(
             data,
             model,
             bulk_jobs.BulkOptions(
-                chunk_size=settings.chunk_size, id_column=None, label_column="label"
+                chunk_size=settings.batching.chunk_size, id_column=None, label_column="label"
             ),
         )
         console.print(
@@ -69,7 +92,7 @@ def run_demo(
             f"{time.perf_counter() - started:.1f}s"
         )
         follow(engine, run.id)
-        app.scoring_context.close()  # type: ignore[attr-defined]
+    process.close()
     summary = summarize(engine, run.id)
     print_summary(summary)
     return summary

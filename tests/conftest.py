@@ -1,8 +1,9 @@
-"""Shared fixtures: databases (SQLite and real PostgreSQL), Redis, demo artifacts, workers.
+"""Shared fixtures: databases (SQLite and real PostgreSQL), Redis, Kafka, demo artifacts.
 
-Integration fixtures read SCORING_TEST_* variables that `make test` exports after
-`deploy/services.sh up`. A missing service fails the test with what to run; it never
-skips silently.
+The real services come from `deploy.services`, started once per session when they are
+not already answering (a SCORING_TEST_* variable points a fixture at a server of your
+own instead). A service that cannot start fails its tests with the reason; nothing is
+skipped silently.
 """
 
 from __future__ import annotations
@@ -11,24 +12,32 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from schemas.db import scratch_database, upgrade
-from scoring.demo_model import build_artifact
-from scoring.settings import Settings
+from schemas.settings import (
+    BrokerSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    RuntimeSettings,
+    Settings,
+)
+from workers.runtime.models.demo.build import build_artifact
 
 
-def need(var: str) -> str:
-    value = os.environ.get(var)
-    if not value:
-        pytest.fail(
-            f"{var} is not set: run the suite with `make test` (it starts the services), "
-            "or `make services` and export what `deploy/services.sh env` prints "
-            "with SCORING_TEST_ in place of SCORING_",
-            pytrace=False,
-        )
-    return value
+def service_url(name: str, variable: str, field: str) -> str:
+    """SCORING_TEST_<...> if set, else the local service, started if need be."""
+    if os.environ.get(variable):
+        return os.environ[variable]
+    from deploy import services
+
+    try:
+        endpoints = services.up((name,))
+    except services.ServiceError as exc:
+        pytest.fail(f"{name} is not available: {exc}", pytrace=False)
+    return str(getattr(endpoints, field))
 
 
 @pytest.fixture(scope="session")
@@ -55,10 +64,11 @@ def demo_pipeline(sqlite_url: str, tmp_path: Path, demo_artifact: Path):  # type
     """A scoring pipeline on SQLite with demo v1 registered: (engine, pipeline, the dead
     letters it sends, the version's record)."""
     from schemas.db import make_engine
-    from workers import registry
-    from workers.pipeline import PipelineConfig, ScoringPipeline, WorkItem
-    from workers.runtime import ModelCache
-    from workers.sink import ResultSink
+    from workers.core.pipeline import PipelineConfig, ScoringPipeline
+    from workers.core.sink import ResultSink
+    from workers.runtime import registry
+    from workers.runtime.loaded import ModelCache
+    from workers.sources.base import WorkItem
 
     engine = make_engine(sqlite_url)
     record = registry.register(engine, tmp_path / "store", "demo", demo_artifact)
@@ -74,7 +84,7 @@ def demo_pipeline(sqlite_url: str, tmp_path: Path, demo_artifact: Path):  # type
 
 @pytest.fixture(scope="session")
 def pg_server_url() -> str:
-    return need("SCORING_TEST_DATABASE_URL")
+    return service_url("postgres", "SCORING_TEST_DATABASE_URL", "database_url")
 
 
 @pytest.fixture
@@ -88,13 +98,13 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
 def db_url(request: pytest.FixtureRequest) -> str:
     """The same test on the embedded default and on the production database."""
     if request.param == "sqlite":
-        return request.getfixturevalue("sqlite_url")
-    return request.getfixturevalue("pg_url")
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("pg_url"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def redis_url() -> str:
-    return need("SCORING_TEST_BROKER_URL")
+    return service_url("redis", "SCORING_TEST_BROKER_URL", "broker_url")
 
 
 @pytest.fixture
@@ -105,25 +115,28 @@ def queue_name() -> str:
 
 @pytest.fixture
 def make_settings(tmp_path: Path, queue_name: str):  # type: ignore[no-untyped-def]
-    """Settings for one test: its own model store and queues; anything else overridable."""
+    """Settings for one test: its own model store and queues; `section={field: value}`
+    overrides anything (e.g. `broker={"url": redis_url}`)."""
 
-    def factory(**overrides: object) -> Settings:
-        values: dict[str, object] = {
-            "model_store": tmp_path / "store",
-            "requests_queue": queue_name,
-            "dead_letter_queue": f"{queue_name}.dlq",
-            "worker_flush_interval_s": 0.02,
-            "db_retry_backoff_s": 0.05,
-        }
-        values.update(overrides)
-        return Settings(**values)  # type: ignore[arg-type]
+    def factory(**sections: dict[str, Any]) -> Settings:
+        base = Settings(
+            database=DatabaseSettings(retry_backoff_s=0.05),
+            broker=BrokerSettings(
+                requests_queue=queue_name,
+                dead_letter_queue=f"{queue_name}.dlq",
+                worker_flush_interval_s=0.02,
+            ),
+            kafka=KafkaSettings(),
+            runtime=RuntimeSettings(model_store=tmp_path / "store", worker_name="test-worker"),
+        )
+        return base.replace(**sections) if sections else base
 
     return factory
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
-    return need("SCORING_TEST_KAFKA_BOOTSTRAP")
+    return service_url("kafka", "SCORING_TEST_KAFKA_BOOTSTRAP", "kafka_bootstrap")
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -15,8 +16,9 @@ from celery.contrib.testing.worker import start_worker
 from sqlalchemy import Engine, func, select
 
 from schemas.db import session_scope
+from schemas.settings import Settings
 from schemas.tables import ScoreResult
-from scoring.demo_model import sample_rows
+from workers.runtime.models.demo.build import sample_rows
 
 
 def demo_requests(n: int, prefix: str = "r", seed: int = 0, **extra: Any) -> list[dict[str, Any]]:
@@ -49,28 +51,50 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, every: float 
 
 
 @contextmanager
-def inprocess_worker(app: Celery) -> Iterator[Celery]:
-    """A real Celery worker (solo pool) in a thread of this process."""
-    with start_worker(
-        app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
-    ):
-        yield app
-    app.scoring_context.close()  # type: ignore[attr-defined]
+def inprocess_worker(settings: Settings) -> Iterator[Celery]:
+    """A real Celery worker (solo pool) in a thread of this process, scoring with its own
+    WorkerProcess (warmed up first); yields the worker's app."""
+    from workers.process import WorkerProcess, celery_worker_app
+
+    process = WorkerProcess(settings)
+    process.start()
+    app = celery_worker_app(process)
+    try:
+        with start_worker(
+            app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
+        ):
+            yield app
+    finally:
+        process.close()
 
 
 def worker_env(redis_url: str, database_url: str, settings: Any, **extra: str) -> dict[str, str]:
     """The environment of a `scoring` process on this test's queues, store and database."""
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("SCORING_")},
         "SCORING_BROKER_URL": redis_url,
         "SCORING_DATABASE_URL": database_url,
-        "SCORING_MODEL_STORE": str(settings.model_store),
-        "SCORING_REQUESTS_QUEUE": settings.requests_queue,
-        "SCORING_DEAD_LETTER_QUEUE": settings.dead_letter_queue,
+        "SCORING_MODEL_STORE": str(settings.runtime.model_store),
+        "SCORING_REQUESTS_QUEUE": settings.broker.requests_queue,
+        "SCORING_DEAD_LETTER_QUEUE": settings.broker.dead_letter_queue,
         "SCORING_TORCH_THREADS": "1",
         "SCORING_WORKER_FLUSH_INTERVAL_S": "0.02",
         **extra,
     }
+
+
+def worker_process(
+    env: dict[str, str], name: str, log: Path, **extra: str
+) -> subprocess.Popen[bytes]:
+    """One worker process as the launcher starts it (`python -m workers.process`), its
+    output in `log`."""
+    with log.open("wb") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "workers.process"],
+            env={**env, "SCORING_WORKER_NAME": name, **extra},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def run_scoring(
@@ -87,3 +111,12 @@ def run_scoring(
         timeout=timeout,
         check=False,
     )
+
+
+def summary(stdout: str) -> dict[str, str]:
+    """The run summary table that `scoring bulk --wait` and `scoring demo` print, by row."""
+    return {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in stdout.splitlines()
+        if line.count("│") == 3
+    }

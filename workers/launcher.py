@@ -1,7 +1,8 @@
 """Start worker processes: one per GPU (pinned before torch loads), or N CPU workers.
 
 Each worker is a separate process started fresh (never forked from a parent that touched
-CUDA), running one Celery worker with the solo pool: its model lives in that process.
+CUDA), running one Celery worker with the solo pool (workers/process.py): its model lives in
+that process.
 """
 
 from __future__ import annotations
@@ -9,14 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Any
-
-from celery import Celery
 
 
 class LaunchError(RuntimeError):
@@ -70,22 +67,9 @@ def plan_workers(
     ]
 
 
-def run_one(app: Celery, name: str, queues: Sequence[str], loglevel: str = "INFO") -> None:
-    """Run a Celery worker in this process until it is told to stop (blocks)."""
-    app.worker_main(
-        [
-            "worker",
-            "--pool=solo",
-            f"--hostname={name}@{socket.gethostname()}",
-            f"--queues={','.join(queues)}",
-            f"--loglevel={loglevel}",
-            "--task-events",
-        ]
-    )
-
-
 def run_many(plans: list[dict[str, str]], argv: list[str]) -> int:
-    """Start one child process per plan (`scoring worker --one ...`) and supervise them."""
+    """Start one child process per plan (`python -m workers.process ARGV`, the CLI is not
+    imported there) and supervise them; returns the worst exit code."""
     with _children(plans, argv) as children:
         codes = [child.wait() for child in children]
     return max(codes, default=0)
@@ -94,7 +78,9 @@ def run_many(plans: list[dict[str, str]], argv: list[str]) -> int:
 @contextmanager
 def _children(plans: list[dict[str, str]], argv: list[str]) -> Any:
     children = [
-        subprocess.Popen([sys.executable, "-m", "scoring.cli", *argv], env={**os.environ, **plan})
+        subprocess.Popen(
+            [sys.executable, "-m", "workers.process", *argv], env={**os.environ, **plan}
+        )
         for plan in plans
     ]
 

@@ -1,22 +1,43 @@
 """`scoring bench ...`: benchmarks that print ratios against baselines run side by side.
 
 Each benchmark lives in `bench/<name>.py` and exposes a Typer command function named
-`command`; heavy imports stay inside it so that `scoring --help` stays fast.
+`command`, imported only when that benchmark runs.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="Benchmarks (JSON out, ratios vs baselines).")
+from scoring.cli.lazy import Lazy, lazy_group
 
-for _name in ("runtime", "stream", "e2e"):
-    try:
-        _module = importlib.import_module(f"bench.{_name}")
-    except ModuleNotFoundError as exc:  # a benchmark not written yet
-        if exc.name != f"bench.{_name}":
-            raise
-        continue
-    app.command(_name)(_module.command)
+BENCHMARKS = {
+    "runtime": Lazy(
+        "bench.runtime:command",
+        "Measure the model runtime; write every row and the headline ratios to OUT.",
+    ),
+    "stream": Lazy(
+        "bench.stream:command",
+        "Highest sustained Kafka event rate, and latency at half of it, stream vs batch-1.",
+    ),
+    "e2e": Lazy(
+        "bench.e2e:command",
+        "End to end: bulk through Redis, workers and PostgreSQL vs the runtime and baselines.",
+    ),
+    "cli": Lazy(
+        "bench.cli_startup:command",
+        "Seconds `scoring --help` and each `scoring <command> --help` take, fresh processes.",
+    ),
+}
+
+app = typer.Typer(
+    cls=lazy_group(BENCHMARKS),
+    help="Benchmarks (JSON out, ratios vs baselines).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _bench() -> None:
+    """Benchmarks (JSON out, ratios vs baselines)."""

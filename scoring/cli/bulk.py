@@ -1,21 +1,18 @@
-"""`scoring bulk FILE`: enqueue a file for scoring; `scoring status`: runs and progress."""
+"""`scoring bulk FILE`: enqueue a file for scoring, with a run record and progress."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-from rich.table import Table
-from sqlalchemy import Engine
-from sqlmodel import select
 
-from producers import bulk as bulk_jobs
-from producers.run_summary import RunSummary, summarize
-from schemas.db import session_scope
-from schemas.tables import BulkRun
 from scoring.cli.common import console, engine, fail, settings
-from workers import registry
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from producers.run_summary import RunSummary
 
 
 def bulk(
@@ -38,19 +35,22 @@ def bulk(
         return
     if file is None or model is None:
         fail("give a FILE and --model NAME (or --status RUN_ID)")
+    from producers import bulk as bulk_jobs
+    from producers.run_summary import summarize
+    from schemas.broker import celery_app
+    from workers.runtime import registry
+
     s = settings()
     db = engine()
-    try:
-        record = registry.get_version(db, model, version)
-    except registry.RegistryError as exc:
-        fail(str(exc))
-    from workers.celery_app import create_app
-
+    record = registry.get_version(db, model, version)
     options = bulk_jobs.BulkOptions(
-        chunk_size=chunk_size or s.chunk_size, id_column=id_column, label_column=label_column
+        chunk_size=chunk_size or s.batching.chunk_size,
+        id_column=id_column,
+        label_column=label_column,
+        max_metadata_bytes=s.limits.max_metadata_bytes,
     )
     try:
-        run = bulk_jobs.enqueue_file(create_app(s), db, file, record, options)
+        run = bulk_jobs.enqueue_file(celery_app(s.broker), db, file, record, options)
     except ValueError as exc:
         fail(str(exc))
     console.print(
@@ -65,6 +65,10 @@ def bulk(
 
 def follow(db: Engine, run_id: str) -> None:
     """A progress bar until the run has a result for every enqueued row."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from producers import bulk as bulk_jobs
+
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -80,6 +84,8 @@ def follow(db: Engine, run_id: str) -> None:
 
 
 def print_summary(summary: RunSummary) -> None:
+    from rich.table import Table
+
     table = Table("", "", title=f"run {summary.run_id}: {summary.model}", show_header=False)
     fmt = {"accuracy": "{:.2%}", "rows_per_s": "{:,.0f}"}
     for key, value in summary.as_dict().items():
@@ -91,35 +97,14 @@ def print_summary(summary: RunSummary) -> None:
 
 
 def _show_progress(run_id: str) -> None:
+    from producers import bulk as bulk_jobs
+    from producers.run_summary import summarize
+
+    db = engine()
     try:
-        done, total = bulk_jobs.progress(engine(), run_id)
+        done, total = bulk_jobs.progress(db, run_id)
     except ValueError as exc:
         fail(str(exc))
     console.print(f"run {run_id}: {done}/{total} rows have results")
     if done >= total:
-        print_summary(summarize(engine(), run_id))
-
-
-def status(
-    kafka: bool = typer.Option(
-        None, "--kafka/--no-kafka", help="Kafka consumer lag (default: if the broker answers)."
-    ),
-) -> None:
-    """Recent bulk runs and their progress, and Kafka consumer lag per partition."""
-    db = engine()
-    with session_scope(db) as session:
-        runs = session.exec(select(BulkRun).order_by(BulkRun.started_at.desc()).limit(10)).all()
-    table = Table("run", "model", "status", "rows", "rejected", "started")
-    for run in runs:
-        table.add_row(
-            run.id,
-            f"{run.model_name} v{run.model_version}",
-            run.status,
-            str(run.enqueued_rows),
-            str(run.rejected_rows),
-            run.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-        )
-    console.print(table)
-    from scoring.cli.stream import show_kafka_lag
-
-    show_kafka_lag(kafka)
+        print_summary(summarize(db, run_id))

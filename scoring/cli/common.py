@@ -1,29 +1,56 @@
-"""Helpers the commands share: settings, engine, exit on a clear error."""
+"""What the commands share: the settings (read once), the database, consoles, `fail`."""
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
-from sqlalchemy import Engine
 
-from schemas.db import make_engine
-from scoring import constants as c
-from scoring.settings import Settings, get_settings
+from schemas import names
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from schemas.settings import Settings
 
 console = Console()
 err_console = Console(stderr=True)
+_settings: Settings | None = None
 
 
 def settings() -> Settings:
-    return get_settings()
+    """The process's settings, read from the environment once."""
+    global _settings
+    if _settings is None:
+        from schemas.settings import Settings
+
+        _settings = Settings.from_env()
+    return _settings
+
+
+def current_settings() -> Settings | None:
+    """The settings if they were read (an error message may need them), else None."""
+    return _settings
+
+
+def use_settings(value: Settings) -> None:
+    """Replace the process's settings (a command's own overrides, e.g. `--topic`)."""
+    global _settings
+    _settings = value
 
 
 def engine() -> Engine:
-    return make_engine(settings().database_url)
+    """The database engine. The embedded SQLite default migrates itself on first use; a
+    PostgreSQL database is migrated by `scoring db upgrade` (an error says so)."""
+    from schemas.db import make_engine, upgrade
+
+    url = settings().database.sqlalchemy_url()
+    if url.startswith("sqlite"):
+        upgrade(url)
+    return make_engine(url)
 
 
-def fail(message: str, code: int = c.EXIT_USAGE) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}")
+def fail(message: str, code: int = names.EXIT_USAGE) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
     raise typer.Exit(code)

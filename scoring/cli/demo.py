@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from scoring.cli.common import console, fail
-from scoring.demo import run_demo
 
 
 def demo(
@@ -19,6 +18,8 @@ def demo(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Train/register the demo model if needed, then score ROWS rows end to end."""
+    from scoring.demo import run_demo
+
     with tempfile.TemporaryDirectory(prefix="scoring-demo-") as tmp:
         summary = run_demo(rows, database_url, Path(tmp), seed, console)
     if summary.lost:

@@ -15,13 +15,15 @@ def flower(
 ) -> None:
     """Watch queues and workers in Flower (basic auth from SCORING_FLOWER_AUTH)."""
     s = settings()
-    auth = s.flower_auth.get_secret_value() if s.flower_auth else ""
+    auth = s.flower.auth.get_secret_value() if s.flower.auth else ""
     if ":" not in auth:
         fail(
             "set SCORING_FLOWER_AUTH=user:password first: Flower's API can start tasks and "
             "shut workers down, so it never runs without authentication"
         )
-    from workers.celery_app import create_app
+    from schemas.broker import celery_app
 
     os.environ["FLOWER_BASIC_AUTH"] = auth  # not on the command line, where `ps` shows it
-    create_app(s).start(["flower", f"--port={port or s.flower_port}", f"--address={address}"])
+    celery_app(s.broker).start(
+        ["flower", f"--port={port or s.flower.port}", f"--address={address}"]
+    )

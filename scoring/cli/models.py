@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from scoring.cli.common import console, engine, fail, settings
-from workers import registry
-from workers.artifacts import ArtifactError
 
-app = typer.Typer(no_args_is_help=True, help="The model registry.")
+app = typer.Typer(
+    no_args_is_help=True, help="The model registry.", add_completion=False, rich_markup_mode=None
+)
 
 
 @app.command()
@@ -21,8 +22,11 @@ def register(
 ) -> None:
     """Register the artifact in DIRECTORY (model.json + weights.safetensors) as NAME's next
     version. The first version of a name is active at once; later ones are staged."""
+    from workers.runtime import registry
+    from workers.runtime.artifacts import ArtifactError
+
     try:
-        record = registry.register(engine(), settings().model_store, name, directory)
+        record = registry.register(engine(), settings().runtime.model_store, name, directory)
     except (ArtifactError, ValueError) as exc:
         fail(str(exc))
     console.print(
@@ -34,6 +38,8 @@ def register(
 @app.command("list")
 def list_(name: str = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
     """List versions; --json prints each with its input schema, for building requests."""
+    from workers.runtime import registry
+
     versions = registry.list_versions(engine(), name)
     if as_json:
         print(
@@ -83,6 +89,8 @@ def promote(
     ),
 ) -> None:
     """Make VERSION the one new requests for NAME get (it must pass the quality gate)."""
+    from workers.runtime import registry
+
     db = engine()
     try:
         record = registry.get_version(db, name, version)
@@ -115,23 +123,24 @@ def validate(
 ) -> None:
     """Run backends against the fp32 eager reference on the artifact's held-out rows and
     store the report. Exits 1 when the version's own backend fails."""
-    from workers.backends import CPU_BACKENDS, GPU_BACKENDS
-    from workers.quality import Thresholds
-    from workers.quality import validate as run_gate
-    from workers.runtime import pick_device
+    from workers.runtime import registry
+    from workers.runtime.backends import CPU_BACKENDS, GPU_BACKENDS
+    from workers.runtime.loaded import pick_device
+    from workers.runtime.quality import Thresholds
+    from workers.runtime.quality import validate as run_gate
 
     s, db = settings(), engine()
-    if s.torch_threads:
+    if s.runtime.torch_threads:
         import torch
 
-        torch.set_num_threads(s.torch_threads)
+        torch.set_num_threads(s.runtime.torch_threads)
     try:
         record = registry.get_version(db, name, version)
     except registry.RegistryError as exc:
         fail(str(exc))
     device = pick_device()
     backends = backend or list(GPU_BACKENDS if device.startswith("cuda") else CPU_BACKENDS)
-    thresholds = Thresholds(s.gate_min_agreement, s.gate_max_score_diff, s.gate_max_accuracy_drop)
+    thresholds = Thresholds(s.gate.min_agreement, s.gate.max_score_diff, s.gate.max_accuracy_drop)
     try:
         report = run_gate(record, backends, device, thresholds, timing)
     except ValueError as exc:
@@ -142,7 +151,7 @@ def validate(
         raise typer.Exit(1)
 
 
-def _print_report(report: dict) -> None:  # type: ignore[type-arg]
+def _print_report(report: dict[str, Any]) -> None:
     table = Table(
         "backend",
         "passed",
@@ -176,6 +185,8 @@ def _print_report(report: dict) -> None:  # type: ignore[type-arg]
 @app.command()
 def rollback(name: str) -> None:
     """Re-activate the version that was active before the current one."""
+    from workers.runtime import registry
+
     try:
         record = registry.rollback(engine(), name)
     except registry.RegistryError as exc:

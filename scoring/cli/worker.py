@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING
 
 import typer
 
 from scoring.cli.common import fail, settings
-from scoring.settings import Settings
-from workers.launcher import LaunchError, plan_workers, run_many, run_one
+
+if TYPE_CHECKING:
+    from schemas.settings import Settings
 
 
 def worker(
@@ -21,35 +22,29 @@ def worker(
     kafka: bool = typer.Option(
         False, "--kafka", help="Also consume the Kafka topic in each process (same model copy)."
     ),
-    one: bool = typer.Option(False, "--one", hidden=True, help="Run a single worker here."),
 ) -> None:
-    """Score requests from Redis (and Kafka with --kafka) in micro-batches; one model copy each."""
-    s = settings()
-    if kafka:
-        s = _with_kafka(s)
-    queue_list = [q for q in (queues or s.requests_queue).split(",") if q]
-    if one:
-        from workers.celery_app import create_app
+    """Score requests from Redis (and Kafka with --kafka) in micro-batches."""
+    from workers.launcher import LaunchError, plan_workers, run_many
 
-        run_one(create_app(s), os.environ.get("SCORING_WORKER_NAME", "cpu0"), queue_list, loglevel)
-        return
+    s = settings()
+    if kafka or s.kafka.in_worker:
+        _check_kafka(s)
     try:
         plans = plan_workers(cpu, gpus)
     except LaunchError as exc:
         fail(str(exc))
-    argv = ["worker", "--one", f"--queues={','.join(queue_list)}", f"--loglevel={loglevel}"]
-    argv += ["--kafka"] if kafka else []
+    env = {"SCORING_KAFKA_IN_WORKER": "true"} if kafka else {}
+    plans = [{**plan, **env} for plan in plans]
+    argv = [f"--queues={queues or s.broker.requests_queue}", f"--loglevel={loglevel}"]
     raise typer.Exit(run_many(plans, argv))
 
 
-def _with_kafka(s: Settings) -> Settings:
-    """Settings with the in-process Kafka consumer on, checked before any process starts."""
-    from producers.kafka_producer import kafka_client_config
-    from workers.kafka_runner import check_poll_budget
+def _check_kafka(s: Settings) -> None:
+    """The Kafka settings work, checked before any process starts."""
+    from workers.sources.kafka.runner import check_poll_budget
 
     try:
         check_poll_budget(s)
-        kafka_client_config(s)
+        s.kafka.client_config()
     except ValueError as exc:
         fail(str(exc))
-    return s.model_copy(update={"kafka_in_worker": True})

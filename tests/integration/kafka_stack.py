@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from schemas.db import make_engine
-from scoring.settings import Settings
-from workers import registry
+from schemas.settings import DatabaseSettings, KafkaSettings, Settings
+from workers.runtime import registry
 
 ASSIGNED = re.compile(r"partitions assigned: (.*)$", re.MULTILINE)
 
@@ -40,7 +40,7 @@ class KafkaStack:
     @property
     def env(self) -> dict[str, str]:
         return {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("SCORING_")},
             "SCORING_DATABASE_URL": self.database_url,
             "SCORING_MODEL_STORE": str(self.store),
             "SCORING_KAFKA_BOOTSTRAP": self.bootstrap,
@@ -56,12 +56,14 @@ class KafkaStack:
 
     def settings(self) -> Settings:
         return Settings(
-            database_url=self.database_url,
-            kafka_bootstrap=self.bootstrap,
-            kafka_topic=self.requests,
-            kafka_results_topic=self.results,
-            kafka_dlq_topic=self.dlq,
-            kafka_group=self.group,
+            database=DatabaseSettings(url=self.database_url),
+            kafka=KafkaSettings(
+                bootstrap=self.bootstrap,
+                topic=self.requests,
+                results_topic=self.results,
+                dlq_topic=self.dlq,
+                group=self.group,
+            ),
         )
 
     def engine(self) -> Engine:

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import text
 
 from schemas.db import make_engine
-from scoring.demo_model import write_csv
-from tests.helpers import count_results, run_scoring, worker_env
+from tests.helpers import count_results, run_scoring, summary, worker_env
+from workers.runtime.models.demo.build import write_csv
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,19 +30,18 @@ def stack(
     env = worker_env(redis_url, pg_url, make_settings())
     registered = scoring(env, "models", "register", "demo", str(demo_artifact))
     assert registered.returncode == 0, registered.stderr
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "scoring.cli", "worker", "--cpu", "1"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with (tmp_path / "worker.log").open("w") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "scoring.cli", "worker", "--cpu", "1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield env
     finally:
         worker.terminate()
         worker.wait(timeout=60)
-        log.close()
 
 
 def test_ten_thousand_rows_once_each_and_again_writes_nothing(
@@ -62,7 +61,13 @@ def test_ten_thousand_rows_once_each_and_again_writes_nothing(
         "--wait",
     )
     assert first.returncode == 0, first.stderr + first.stdout
-    assert "lost" in first.stdout
+    table = summary(first.stdout)
+    assert (table["enqueued"], table["ok"], table["lost"], table["duplicates"]) == (
+        "10000",
+        "10000",
+        "0",
+        "0",
+    )
     engine = make_engine(pg_url)
     with engine.connect() as conn:
         rows, distinct, versions, hashes = conn.execute(

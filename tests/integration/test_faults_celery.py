@@ -17,28 +17,22 @@ import redis
 from sqlalchemy import text
 
 from schemas.db import make_engine
-from scoring.demo_model import write_csv
-from tests.helpers import count_results, run_scoring, wait_for, worker_env
+from tests.helpers import count_results, run_scoring, wait_for, worker_env, worker_process
 from tests.tcp_proxy import proxy_for
+from workers.runtime.models.demo.build import write_csv
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 class Workers:
-    """`scoring worker --one` processes for one test's queue, each with its own log."""
+    """Worker processes (as `scoring worker` starts them) on one test's queue, each with its
+    own log."""
 
     def __init__(self, env: dict[str, str], logs: Path) -> None:
         self.env, self.logs, self.procs = env, logs, {}
 
     def start(self, name: str, **extra: str) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{name}.log").open("wb")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "scoring.cli", "worker", "--one"],
-            env={**self.env, "SCORING_WORKER_NAME": name, **extra},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        self.procs[name] = worker_process(self.env, name, self.logs / f"{name}.log", **extra)
         return self.procs[name]
 
     def log(self, name: str) -> str:
@@ -76,7 +70,7 @@ def stack(
     finally:
         workers.stop_all()
         client = redis.Redis.from_url(redis_url)
-        client.delete(s.requests_queue, s.dead_letter_queue)
+        client.delete(s.broker.requests_queue, s.broker.dead_letter_queue)
 
 
 @contextmanager

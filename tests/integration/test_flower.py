@@ -46,7 +46,7 @@ def test_flower_needs_auth_and_sees_the_worker(
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SCORING_")},
         "SCORING_BROKER_URL": redis_url,
-        "SCORING_REQUESTS_QUEUE": s.requests_queue,
+        "SCORING_REQUESTS_QUEUE": s.broker.requests_queue,
         "SCORING_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
     }
     refused = subprocess.run(
@@ -89,7 +89,7 @@ def test_flower_needs_auth_and_sees_the_worker(
             status, body = get(base + "/api/workers?refresh=1", auth)
             workers = json.loads(body or b"{}") if status == 200 else {}
             return any(
-                q.get("name") == s.requests_queue
+                q.get("name") == s.broker.requests_queue
                 for info in workers.values()
                 for q in info.get("active_queues") or []
             )

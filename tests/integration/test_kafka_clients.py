@@ -4,6 +4,7 @@ per line, and `scoring worker --kafka` scores both sources with one model copy."
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -14,7 +15,7 @@ import pytest
 
 from tests.helpers import demo_requests, run_scoring, wait_for
 from tests.integration.kafka_stack import KafkaStack, open_stack, read_topic
-from workers.kafka_lag import consumer_lag
+from workers.sources.kafka.lag import consumer_lag
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -86,8 +87,9 @@ def test_worker_with_kafka_scores_both_sources_in_one_process(
     by_source = dict(
         stack.rows("SELECT source || ':' || worker, count(*) FROM score_results GROUP BY 1")
     )
-    assert by_source == {"kafka:cpu0": 1_000, "redis:cpu0": 1_000}
+    host = socket.gethostname()
+    assert by_source == {f"kafka:cpu0@{host}": 1_000, f"redis:cpu0@{host}": 1_000}
     assert stack.stop("worker") == 0
     log = stack.log("worker")
     assert log.count("warmed up demo v1") == 1  # one model copy serves both sources
-    assert sum(p.lag for p in consumer_lag(stack.settings())) == 0
+    assert sum(p.lag for p in consumer_lag(stack.settings().kafka)) == 0

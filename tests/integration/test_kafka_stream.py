@@ -4,6 +4,7 @@ loses nothing, doubles nothing, survives a SIGKILL, and dead-letters what it can
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -12,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from producers.kafka_producer import EventProducer
-from scoring import constants as c
+from schemas import names as c
 from tests.helpers import demo_requests, wait_for
 from tests.integration.kafka_stack import KafkaStack, open_stack, read_topic
 from tests.tcp_proxy import proxy_for
-from workers.kafka_lag import consumer_lag
+from workers.sources.kafka.lag import consumer_lag
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,7 +33,7 @@ def stack(
 
 
 def produce(stack: KafkaStack, requests: list[dict]) -> None:
-    with EventProducer(stack.settings()) as producer:
+    with EventProducer(stack.settings().kafka) as producer:
         assert producer.send(requests) == len(requests)
 
 
@@ -48,7 +49,7 @@ def stop_and_check_lag(stack: KafkaStack, *names: str) -> None:
     for name in names:
         assert stack.stop(name) == 0, stack.log(name)[-3000:]
         assert "stream stopped" in stack.log(name)
-    lags = consumer_lag(stack.settings())
+    lags = consumer_lag(stack.settings().kafka)
     assert len(lags) == 4 and sum(p.lag for p in lags) == 0, lags
 
 
@@ -62,7 +63,9 @@ def test_two_consumers_in_a_group_score_every_event_once(stack: KafkaStack) -> N
     )[0]
     assert (rows, distinct, ok) == (20_000, 20_000, 20_000)
     by_worker = dict(stack.rows("SELECT worker, count(*) FROM score_results GROUP BY worker"))
-    assert set(by_worker) == {"stream-a", "stream-b"} and all(by_worker.values()), by_worker
+    host = socket.gethostname()
+    assert set(by_worker) == {f"stream-a@{host}", f"stream-b@{host}"}, by_worker
+    assert all(by_worker.values()), by_worker
     stop_and_check_lag(stack, "stream-a", "stream-b")
     events = read_topic(stack.bootstrap, stack.results, at_least=20_000)
     ids = Counter(json.loads(r.value)["request_id"] for r in events)
@@ -82,7 +85,7 @@ def test_a_consumer_killed_mid_stream_loses_and_doubles_nothing(stack: KafkaStac
     rows, distinct = stack.rows("SELECT count(*), count(DISTINCT request_id) FROM score_results")[0]
     assert (rows, distinct) == (20_000, 20_000)
     assert done_when_killed < 20_000  # it really died mid-stream
-    assert stack.scalar("SELECT count(*) FROM score_results WHERE worker = 'stream-b'") > 0
+    assert stack.scalar("SELECT count(*) FROM score_results WHERE worker LIKE 'stream-b@%'") > 0
     stop_and_check_lag(stack, "stream-b")
 
 
@@ -107,7 +110,7 @@ def test_malformed_events_become_dead_letters_and_the_rest_are_scored(stack: Kaf
     mixed = list(good)
     for i, value in enumerate(bad):
         mixed.insert(i * 50 + 7, value)
-    with EventProducer(stack.settings()) as producer:
+    with EventProducer(stack.settings().kafka) as producer:
         assert producer.send_raw(mixed) == 5_100
     stack.start("stream-a")
     wait_for(lambda: stack.scalar(RESULTS) >= 5_000, timeout=240, every=1)
@@ -115,9 +118,18 @@ def test_malformed_events_become_dead_letters_and_the_rest_are_scored(stack: Kaf
     assert len(letters) == 100
     assert sorted(r.value for r in letters) == sorted(bad)  # original bytes, intact
     reasons = [dict(r.headers)[c.DLQ_HEADER_REASON].decode() for r in letters]
-    assert all(reasons), reasons
     kinds = Counter(reason.split(":")[0] for reason in reasons)
-    assert kinds["not JSON"] == 20 and kinds["not UTF-8"] == 20, kinds
+    assert kinds == {
+        "not JSON": 20,
+        "not UTF-8": 20,
+        "model": 20,
+        "request_id": 20,
+        "priority": 20,
+    }, kinds
+    said = {reason.split(":")[0]: reason for reason in reasons}
+    assert "Field required" in said["model"]
+    assert "pattern" in said["request_id"]
+    assert "less than or equal to 9" in said["priority"]
     assert all(dict(r.headers)[c.DLQ_HEADER_TOPIC].decode() == stack.requests for r in letters)
     stop_and_check_lag(stack, "stream-a")
     assert stack.scalar(RESULTS) == 5_000

@@ -9,8 +9,7 @@ import pytest
 from producers.redis_producer import RedisProducer
 from schemas.db import make_engine
 from tests.helpers import count_results, demo_requests, inprocess_worker, wait_for
-from workers import registry
-from workers.celery_app import create_app
+from workers.runtime import registry
 
 pytestmark = pytest.mark.integration
 
@@ -18,12 +17,10 @@ pytestmark = pytest.mark.integration
 def test_promote_rollback_and_explicit_versions(
     db_url: str, make_settings, demo_artifact: Path, demo_artifact_v2: Path
 ) -> None:
-    settings = make_settings(database_url=db_url, broker_url="memory://localhost/")
+    settings = make_settings(database={"url": db_url}, broker={"url": "memory://localhost/"})
     engine = make_engine(db_url)
-    registry.register(engine, settings.model_store, "demo", demo_artifact)
-    v2 = registry.register(engine, settings.model_store, "demo", demo_artifact_v2)
-    app = create_app(settings)
-    producer = RedisProducer(app)
+    registry.register(engine, settings.runtime.model_store, "demo", demo_artifact)
+    v2 = registry.register(engine, settings.runtime.model_store, "demo", demo_artifact_v2)
 
     def send_and_wait(prefix: str, n: int = 30, **extra: object) -> None:
         producer.send(demo_requests(n, prefix=prefix, **extra), per_message=7)
@@ -31,7 +28,8 @@ def test_promote_rollback_and_explicit_versions(
         sent[0] += n
 
     sent = [0]
-    with inprocess_worker(app):
+    with inprocess_worker(settings) as app:
+        producer = RedisProducer(app)
         send_and_wait("before")
         registry.promote(engine, "demo", 2)
         send_and_wait("promoted")

@@ -1,0 +1,1 @@
+"""Deployment files; `deploy.services` runs the local Redis, PostgreSQL and Kafka."""

@@ -1,0 +1,21 @@
+"""The Celery application every process uses to reach the broker: producers, workers, Flower.
+
+It carries no tasks (workers register theirs on top, see workers/sources/celery/app.py):
+producers send the scoring task by name. JSON is the only content type on every channel
+(tasks, results, events), and the Redis transport is the project's atomic-fetch one,
+registered before any connection is made.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from schemas.settings import BrokerSettings
+
+
+def celery_app(broker: BrokerSettings, name: str = "scoring") -> Celery:
+    """A Celery app configured for `broker`; no connection is made here."""
+    app = Celery(name, set_as_current=False)
+    app.conf.update(broker.celery_config())
+    app.scoring_broker = broker
+    return app

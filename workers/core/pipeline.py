@@ -1,0 +1,425 @@
+"""Score one micro-batch, whatever its source: check, run the model, store results.
+
+The pipeline knows nothing of Kafka or Redis. It turns work items into result rows (ok,
+invalid, error, expired) or dead letters (an envelope that cannot be keyed), and writes
+the rows with one idempotent upsert per batch. An item is one request, or a bulk chunk of
+many (workers/chunks.py), checked and scored column-wise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from schemas import names as c
+from schemas.tables import utcnow
+from schemas.wire import DEFAULT_MAX_METADATA_BYTES, InputError, ScoreRequest, check_inputs
+from workers.core.chunks import CheckedChunk, RowChunk, check_chunk
+from workers.core.result_rows import metric_row, ms_between, result_row
+from workers.core.sink import ResultSink, SinkUnavailable
+from workers.runtime import registry
+from workers.runtime.artifacts import ArtifactError
+from workers.runtime.loaded import LoadedModel, ModelCache, rows_of
+from workers.sources.base import Outcome, WorkItem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scored:
+    """A checked request waiting for (or back from) the model."""
+
+    item: WorkItem
+    request: ScoreRequest
+    inputs: dict[str, Any]
+    model: LoadedModel
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class ChunkWork:
+    """A bulk chunk whose valid rows wait for the model."""
+
+    item: WorkItem
+    checked: CheckedChunk
+    model: LoadedModel
+
+
+@dataclass
+class PipelineConfig:
+    worker: str = "local"
+    max_text_chars: int = 10_000
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
+    dead_letter: Callable[[WorkItem], None] = field(default=lambda item: None)
+
+
+class ScoringPipeline:
+    """Check → score → store for one batch at a time; one instance per worker process."""
+
+    def __init__(
+        self, engine: Engine, sink: ResultSink, models: ModelCache, config: PipelineConfig
+    ) -> None:
+        self.engine = engine
+        self.sink = sink
+        self.models = models
+        self.config = config
+        self._records: dict[tuple[str, int], Any] = {}
+
+    def process(self, items: list[WorkItem]) -> None:
+        """Score `items` and store their results; sets each item's outcome.
+
+        Raises SinkUnavailable (nothing stored) when the database stays down; the
+        caller then leaves the batch unacknowledged for redelivery.
+        """
+        started = utcnow()
+        active = _ActiveVersions(self.engine)
+        rows: list[dict[str, Any]] = []
+        ready: list[Scored] = []
+        chunks: list[ChunkWork] = []
+        for item in items:
+            if isinstance(item.payload, RowChunk):
+                work = self._check_chunk(item, active, started, rows, ready)
+                if work is not None:
+                    chunks.append(work)
+                continue
+            scored = self._check(item, active, started, rows)
+            if scored is not None:
+                ready.append(scored)
+        metrics = self._run_models(ready, rows)
+        for work in chunks:
+            metrics += self._run_chunk_columns(work, rows)
+        self.sink.write(rows, metrics)
+        for item in items:
+            if item.outcome is None:
+                item.outcome = Outcome.STORED
+
+    # -- checking ---------------------------------------------------------------------
+
+    def _check(
+        self,
+        item: WorkItem,
+        active: _ActiveVersions,
+        now: datetime,
+        rows: list[dict[str, Any]],
+    ) -> Scored | None:
+        try:
+            request = _parse(item.payload, self.config.max_metadata_bytes)
+            model = self._model_named(request.model, request.model_version, active)
+        except (ValueError, ValidationError, registry.RegistryError, ArtifactError) as exc:
+            self._dead(item, _short(exc))
+            return None
+        if _expired(request, item.enqueued_at, now):
+            rows.append(
+                self._row(
+                    item,
+                    request,
+                    model,
+                    c.STATUS_EXPIRED,
+                    error=f"deadline of {request.deadline_ms} ms passed",
+                )
+            )
+            return None
+        try:
+            inputs = check_inputs(request.inputs, model.input_schema, self.config.max_text_chars)
+        except InputError as exc:
+            rows.append(self._row(item, request, model, c.STATUS_INVALID, error=str(exc)))
+            return None
+        return Scored(item, request, inputs, model)
+
+    def _model_named(self, name: str, version: int | None, active: _ActiveVersions) -> LoadedModel:
+        version = version or active.get(name)
+        if version is None:
+            raise registry.RegistryError(f"model {name!r} has no active version")
+        key = (name, version)
+        if key not in self._records:
+            with _database_needed():
+                self._records[key] = registry.get_version(self.engine, name, version)
+        return self.models.get(self._records[key])
+
+    def _check_chunk(
+        self,
+        item: WorkItem,
+        active: _ActiveVersions,
+        now: datetime,
+        rows: list[dict[str, Any]],
+        ready: list[Scored],
+    ) -> ChunkWork | None:
+        """Check a bulk chunk column-wise; a chunk that does not fit its model's schema (or
+        names no usable model) is checked as the request dicts it holds, one by one."""
+        chunk: RowChunk = item.payload
+        if chunk.rows is None:
+            self._dead(item, chunk.error or "unreadable chunk")
+            return None
+        try:
+            model = self._model_named(chunk.model, chunk.model_version, active)
+            checked = check_chunk(
+                chunk.rows,
+                model.input_schema,
+                self.config.max_text_chars,
+                self.config.max_metadata_bytes,
+            )
+        except (ValueError, registry.RegistryError, ArtifactError):
+            checked = None
+        if checked is None:
+            for payload in chunk.requests():
+                part = WorkItem(payload, item.source, item.enqueued_at, item.bulk_run_id)
+                scored = self._check(part, active, now, rows)
+                if scored is not None:
+                    ready.append(scored)
+            return None
+        if chunk.deadline_ms and _late(chunk.deadline_ms, item.enqueued_at, now):
+            error = f"deadline of {chunk.deadline_ms} ms passed"
+            every = range(len(checked.ids))
+            rows += self._chunk_rows(item, checked, model, every, c.STATUS_EXPIRED, error=error)
+            return None
+        for index, reason in checked.invalid.items():
+            rows += self._chunk_rows(item, checked, model, [index], c.STATUS_INVALID, error=reason)
+        return ChunkWork(item, checked, model)
+
+    def _dead(self, item: WorkItem, reason: str) -> None:
+        item.outcome, item.reason = Outcome.DEAD, reason
+        self.config.dead_letter(item)
+
+    # -- scoring ----------------------------------------------------------------------
+
+    def _run_models(self, ready: list[Scored], rows: list[dict[str, Any]]) -> list[dict]:
+        groups: dict[tuple[str, int], list[Scored]] = defaultdict(list)
+        for scored in ready:
+            groups[(scored.model.name, scored.model.version)].append(scored)
+        metrics = []
+        for group in groups.values():
+            model = group[0].model
+            for start in range(0, len(group), model.max_batch_size):
+                chunk = group[start : start + model.max_batch_size]
+                metrics.append(self._run_chunk(model, chunk, rows))
+        return metrics
+
+    def _run_chunk_columns(self, work: ChunkWork, rows: list[dict[str, Any]]) -> list[dict]:
+        """Score a chunk's valid rows by column, `max_batch_size` at a time; if the model
+        raises, score that slice row by row to find the request(s) that fail it."""
+        model, checked, metrics = work.model, work.checked, []
+        for start in range(0, len(checked.valid), model.max_batch_size):
+            stop = min(len(checked.valid), start + model.max_batch_size)
+            columns = {k: v[start:stop] for k, v in checked.columns.items()}
+            batch_id, began, t0 = uuid.uuid4().hex[:16], utcnow(), time.perf_counter()
+            scored: list[tuple[dict[str, Any] | None, str | None]]
+            try:
+                scored = [(out, None) for out in model.predict_columns(columns, stop - start)]
+            except Exception:  # noqa: BLE001 - a model may raise anything; we record it
+                scored = _predict_each(model, rows_of(columns))
+            inference_ms = (time.perf_counter() - t0) * 1000
+            indices = checked.valid[start:stop].tolist()
+            rows += self._chunk_rows(
+                work.item,
+                checked,
+                model,
+                indices,
+                c.STATUS_OK,
+                scored=scored,
+                batch_id=batch_id,
+                began=began,
+                inference_ms=inference_ms,
+            )
+            wait = ms_between(work.item.enqueued_at, began)
+            metrics.append(
+                metric_row(
+                    model,
+                    self.config.worker,
+                    batch_id,
+                    {work.item.source: stop - start},
+                    [wait] * (stop - start) if wait is not None else [],
+                    inference_ms,
+                )
+            )
+        return metrics
+
+    def _chunk_rows(
+        self,
+        item: WorkItem,
+        checked: CheckedChunk,
+        model: LoadedModel,
+        indices: Any,
+        status: str,
+        *,
+        error: str | None = None,
+        scored: list[tuple[dict[str, Any] | None, str | None]] | None = None,
+        batch_id: str | None = None,
+        began: datetime | None = None,
+        inference_ms: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Result rows for rows `indices` of a chunk: with `scored` (outputs or a model
+        error, in the same order) for scored rows, else `status` with `error`."""
+        if scored is None:
+            scored = [(None, error)] * len(indices)
+        # One row built in full, then copied per request: the lineage is the chunk's own.
+        shared = self._result(
+            item, "", None, model, status, batch_id=batch_id, began=began, inference_ms=inference_ms
+        )
+        out = []
+        for index, (outputs, problem) in zip(indices, scored, strict=True):
+            label = checked.labels[index]
+            out.append(
+                {
+                    **shared,
+                    "request_id": checked.ids[index],
+                    "metadata": {"label": label} if label is not None else None,
+                    "outputs": outputs,
+                    "error": problem,
+                    "status": c.STATUS_ERROR if status == c.STATUS_OK and problem else status,
+                }
+            )
+        return out
+
+    def _run_chunk(
+        self, model: LoadedModel, chunk: list[Scored], rows: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        batch_id = uuid.uuid4().hex[:16]
+        began = utcnow()
+        t0 = time.perf_counter()
+        _predict_isolating_failures(model, chunk)
+        inference_ms = (time.perf_counter() - t0) * 1000
+        waits = [ms_between(s.item.enqueued_at, began) for s in chunk]
+        for scored in chunk:
+            status = c.STATUS_OK if scored.error is None else c.STATUS_ERROR
+            rows.append(
+                self._row(
+                    scored.item,
+                    scored.request,
+                    model,
+                    status,
+                    outputs=scored.outputs,
+                    error=scored.error,
+                    batch_id=batch_id,
+                    began=began,
+                    inference_ms=inference_ms,
+                )
+            )
+        mix = dict(Counter(s.item.source for s in chunk))
+        return metric_row(model, self.config.worker, batch_id, mix, waits, inference_ms)
+
+    def _row(
+        self, item: WorkItem, request: ScoreRequest, model: LoadedModel, status: str, **fields: Any
+    ) -> dict[str, Any]:
+        """The result row of a single request; sources that publish results read item.result."""
+        item.result = self._result(
+            item, request.request_id, request.metadata or None, model, status, **fields
+        )
+        return item.result
+
+    def _result(
+        self,
+        item: WorkItem,
+        request_id: str,
+        metadata: dict[str, Any] | None,
+        model: LoadedModel,
+        status: str,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        return result_row(
+            request_id=request_id,
+            metadata=metadata,
+            model=model,
+            status=status,
+            worker=self.config.worker,
+            source=item.source,
+            bulk_run_id=item.bulk_run_id,
+            enqueued_at=item.enqueued_at,
+            **fields,
+        )
+
+
+class _ActiveVersions:
+    """The active version of each model, read at most once per batch and only if a request
+    in it names no version (bulk runs pin theirs): promote/rollback apply from the next batch.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._versions: dict[str, int] | None = None
+
+    def get(self, name: str) -> int | None:
+        if self._versions is None:
+            with _database_needed():
+                self._versions = registry.active_versions(self.engine)
+        return self._versions.get(name)
+
+
+@contextmanager
+def _database_needed() -> Iterator[None]:
+    """A registry read that hits a database outage fails the batch like the sink does
+    (nothing stored, redelivered later), not as an unexpected error."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise SinkUnavailable(f"database unavailable: {exc.orig!r}") from exc
+
+
+def _predict_isolating_failures(model: LoadedModel, chunk: list[Scored]) -> None:
+    for scored, (outputs, error) in zip(
+        chunk, _predict_each(model, [s.inputs for s in chunk]), strict=True
+    ):
+        scored.outputs, scored.error = outputs, error
+
+
+def _predict_each(
+    model: LoadedModel, inputs: list[dict[str, Any]]
+) -> list[tuple[dict[str, Any] | None, str | None]]:
+    """(outputs, error) per input; if the model raises, split in halves to find the bad
+    input(s)."""
+    try:
+        return [(out, None) for out in model.predict(inputs)]
+    except Exception as exc:  # noqa: BLE001 - a model may raise anything; we record it
+        if len(inputs) == 1:
+            return [(None, f"model failed: {_short(exc)}")]
+        middle = len(inputs) // 2
+        return _predict_each(model, inputs[:middle]) + _predict_each(model, inputs[middle:])
+
+
+def _parse(payload: Any, max_metadata_bytes: int) -> ScoreRequest:
+    if isinstance(payload, bytes | bytearray):
+        try:
+            payload = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-8: {exc}") from exc
+    if isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise ValueError(f"expected a JSON object, got {type(payload).__name__}")
+    return ScoreRequest.parse(payload, max_metadata_bytes)
+
+
+def _expired(request: ScoreRequest, enqueued_at: datetime | None, now: datetime) -> bool:
+    return request.deadline_ms is not None and _late(request.deadline_ms, enqueued_at, now)
+
+
+def _late(deadline_ms: int, enqueued_at: datetime | None, now: datetime) -> bool:
+    return enqueued_at is not None and (now - enqueued_at).total_seconds() * 1000 > deadline_ms
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in exc.errors()
+        )[:1000]
+    return str(exc)[:1000]
+
+
+def from_epoch(ts: float | None) -> datetime | None:
+    """An enqueue timestamp carried on the wire as epoch seconds."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)

@@ -1,0 +1,153 @@
+"""Load a registered model version into memory on a device, ready to score lists of inputs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from schemas.tables import ModelVersion
+from workers.runtime.artifacts import load_checked
+from workers.runtime.backends import COMPILED, apply_backend, bucket_for, buckets
+from workers.runtime.models import Architecture, get_architecture
+
+
+@dataclass
+class LoadedModel:
+    """One model version on one device, with what every result row records as lineage."""
+
+    name: str
+    version: int
+    sha256: str
+    input_schema: dict[str, str]
+    config: dict[str, Any]
+    max_batch_size: int
+    max_wait_ms: float
+    backend: str
+    device: str
+    architecture: Architecture
+    module: torch.nn.Module
+    runner: Any = field(repr=False, default=None)  # what serves: module or its compiled form
+
+    def predict(self, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Score schema-checked inputs; raises whatever the model raises.
+
+        Compiled backends see only bucket-sized batches (padded by repeating the last
+        row, then trimmed), so serving never triggers a recompilation.
+        """
+        return self._run(self.architecture.prepare(inputs, self.config), len(inputs))
+
+    def predict_columns(self, columns: dict[str, Any], n: int) -> list[dict[str, Any]]:
+        """Score `n` schema-checked rows given as columns (numpy arrays, lists for text):
+        bulk chunks skip building a dict per row where the architecture takes columns."""
+        prepare = getattr(self.architecture, "prepare_columns", None)
+        if prepare is not None:
+            return self._run(prepare(columns, self.config), n)
+        return self.predict(rows_of(columns))
+
+    def _run(self, batch: tuple[torch.Tensor, ...], n: int) -> list[dict[str, Any]]:
+        if self.backend in COMPILED:
+            batch = _pad(batch, bucket_for(n, self.max_batch_size))
+        with torch.inference_mode():
+            output = self.runner(*(_to_device(t, self.device) for t in batch))
+        return self.architecture.postprocess(output[:n].detach().float().cpu(), self.config)
+
+    def warm_up(self, example: dict[str, Any]) -> list[int]:
+        """Run every batch bucket (compiles happen here, not on a request). On CUDA each
+        bucket runs three times: compiled models record their CUDA graphs on a later call."""
+        sizes = buckets(self.max_batch_size) if self.backend in COMPILED else [1]
+        repeats = 3 if self.device.startswith("cuda") else 1
+        for size in sizes:
+            for _ in range(repeats):
+                self.predict([example] * size)
+        return sizes
+
+
+def rows_of(columns: dict[str, Any]) -> list[dict[str, Any]]:
+    """Columns (numpy arrays or lists) as one dict of plain Python values per row."""
+    names = list(columns)
+    values = [v if isinstance(v, list) else v.tolist() for v in columns.values()]
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+
+
+def example_inputs(schema: dict[str, str]) -> dict[str, Any]:
+    """A valid request body for `schema`, for warm-up runs."""
+    values = {"float": 0.0, "int": 0, "str": "warm up the model", "bool": False}
+    return {name: values[type_name] for name, type_name in schema.items()}
+
+
+def _pad(batch: tuple[torch.Tensor, ...], size: int) -> tuple[torch.Tensor, ...]:
+    n = batch[0].shape[0]
+    if n == size:
+        return batch
+    return tuple(torch.cat([t, t[-1:].expand(size - n, *t.shape[1:])]) for t in batch)
+
+
+def _to_device(tensor: torch.Tensor, device: str) -> torch.Tensor:
+    return tensor if device == "cpu" else tensor.to(device, non_blocking=True)
+
+
+def pick_device() -> str:
+    """The device this process scores on: its (single) visible GPU, else the CPU.
+
+    Workers pinned to a GPU get CUDA_VISIBLE_DEVICES before torch is imported, so the
+    one visible GPU is always cuda:0. Touching torch.cuda here is safe: it runs in the
+    worker process after any fork.
+    """
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1") and torch.cuda.is_available():
+        return "cuda:0"
+    return "cpu"
+
+
+def load_model(
+    record: ModelVersion, device: str = "cpu", backend: str | None = None
+) -> LoadedModel:
+    """Check the artifact's sha256, build the module, load its weights (no pickle), and
+    prepare it for `backend` (default: the version's own)."""
+    _, weights = load_checked(Path(record.artifact_uri), record.artifact_sha256)
+    architecture = get_architecture(record.architecture)
+    module = architecture.build(record.config)
+    architecture.load_weights(module, weights)
+    module.eval().to(device)
+    backend = backend or record.backend
+    return LoadedModel(
+        name=record.name,
+        version=record.version,
+        sha256=record.artifact_sha256,
+        input_schema=dict(record.input_schema),
+        config=dict(record.config),
+        max_batch_size=record.max_batch_size,
+        max_wait_ms=record.max_wait_ms,
+        backend=backend,
+        device=device,
+        architecture=architecture,
+        module=module,
+        runner=apply_backend(module, backend, device, record.config),
+    )
+
+
+class ModelCache:
+    """Loaded versions by (name, version); a worker process holds one copy of each.
+
+    A version is warmed up (every batch bucket run) as it is loaded, before it serves its
+    first batch: at worker start for the active versions, and on first use for any other
+    (a version promoted later, or named by a request), so serving never compiles.
+    """
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self._models: dict[tuple[str, int], LoadedModel] = {}
+
+    def get(self, record: ModelVersion) -> LoadedModel:
+        key = (record.name, record.version)
+        if key not in self._models:
+            model = load_model(record, self.device)
+            model.warm_up(example_inputs(model.input_schema))
+            self._models[key] = model
+        return self._models[key]
+
+    def __len__(self) -> int:
+        return len(self._models)

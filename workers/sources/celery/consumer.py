@@ -1,0 +1,58 @@
+"""Celery's consumer, changed so that messages it cannot use become dead letters (and so
+that workers.sources.celery.prefetch can reach its QoS).
+
+Stock Celery logs and drops a message it cannot decode (say, pickle, which we never
+accept) or whose task it does not know. Here each one is parked on the dead-letter queue
+with the reason and its raw body first, so nothing disappears with only a log line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.worker.consumer import Consumer
+
+from schemas.tables import utcnow
+from workers.sources.celery.dead_letters import CeleryDeadLetters
+
+
+class DeadLetteringConsumer(Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app.scoring_consumer = self  # workers.sources.celery.prefetch sets its QoS in rows
+
+    def _park(self, message: Any, reason: str) -> None:
+        broker = self.app.scoring_broker
+        body = message.body
+        if isinstance(body, bytes | bytearray):
+            body = body.decode("utf-8", errors="replace")
+        CeleryDeadLetters(self.app, broker.dead_letter_queue).publish(
+            {
+                "reason": reason,
+                "source": "redis",
+                "payload": str(body)[:1_000_000],
+                "content_type": message.content_type,
+                "headers": _plain(message.headers),
+                "at": utcnow().isoformat(),
+            }
+        )
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        self._park(message, f"undecodable message ({message.content_type}): {exc}")
+        message.ack()
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._park(message, "not a task message")
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._park(message, f"unknown task: {exc}")
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._park(message, f"invalid task message: {exc}")
+        super().on_invalid_task(body, message, exc)
+
+
+def _plain(headers: Any) -> dict[str, str]:
+    return {str(k): str(v)[:200] for k, v in (headers or {}).items()}

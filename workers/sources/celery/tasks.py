@@ -1,0 +1,71 @@
+"""The Celery side of a worker: a celery-batches task that hands requests to the scorer.
+
+celery-batches buffers task messages in the worker and flushes them as one list
+(`flush_every` messages or `flush_interval` seconds). The task turns each message into
+work items, submits them to the process's scorer, waits, and lets the source settle them
+(see source.py) before it returns and the flush is acknowledged. It never raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from celery_batches import Batches, SimpleRequest
+
+from schemas import names
+from schemas.settings import BrokerSettings
+from workers.core.chunks import RowChunk
+from workers.core.pipeline import from_epoch
+from workers.sources.base import Scorer, WorkItem
+from workers.sources.celery.prefetch import RowPrefetch
+from workers.sources.celery.source import CelerySource
+
+
+def register_tasks(
+    app: Celery, broker: BrokerSettings, source: CelerySource, scorer: Callable[[], Scorer]
+) -> None:
+    """Register the scoring task on `app`; `scorer()` returns the process's scorer."""
+
+    @app.task(
+        base=Batches,
+        shared=False,  # Celery adds shared tasks to every app; each app has its own
+        name=names.SCORE_TASK,
+        acks_late=True,
+        typing=False,
+        flush_every=1,  # then set by RowPrefetch
+        flush_interval=broker.worker_flush_interval_s,
+    )
+    def score(requests: list[SimpleRequest]) -> int:
+        items = [item for req in requests for item in work_items(req)]
+        prefetch.observe(len(requests), sum(item.size for item in items))
+        scorer().submit(items).wait()
+        source.settle(items)
+        return len(items)
+
+    prefetch = RowPrefetch(score, broker.worker_hold_rows, broker.worker_prefetch)
+
+
+def work_items(req: SimpleRequest) -> list[WorkItem]:
+    """A task message carries a list of wire requests, or one bulk chunk, plus where they
+    came from and how many times it was delivered."""
+    meta = req.kwargs
+    if "chunk" in meta:
+        payloads: Any = [RowChunk.from_message(meta)]
+    else:
+        payloads = req.args[0] if req.args else meta.get("requests", [])
+    if not isinstance(payloads, list):
+        payloads = [payloads]
+    return [
+        WorkItem(
+            payload=p,
+            source=meta.get("source", names.SOURCE_REDIS),
+            enqueued_at=from_epoch(meta.get("enqueued_at")),
+            bulk_run_id=meta.get("bulk_run_id"),
+            token=req,
+            size=p.size if isinstance(p, RowChunk) else 1,
+            attempt=int(meta.get("attempt", 1)),
+        )
+        for p in payloads
+    ]
