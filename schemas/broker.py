@@ -13,6 +13,16 @@ from celery import Celery
 from schemas.settings import BrokerSettings
 
 
+def check_broker(broker: BrokerSettings, attempts: int = 3) -> None:
+    """Connect once, so that a process fails at start, with what the server said, when the
+    broker is unreachable or refuses the credentials (kombu's OperationalError or
+    redis-py's AuthenticationError), instead of retrying for ever in the background."""
+    app = celery_app(broker)
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=attempts, interval_start=0.5, interval_step=1)
+        conn.default_channel.client.ping()
+
+
 def celery_app(broker: BrokerSettings, name: str = "scoring") -> Celery:
     """A Celery app configured for `broker`; no connection is made here."""
     app = Celery(name, set_as_current=False)

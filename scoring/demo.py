@@ -67,6 +67,9 @@ def run_demo(
     process = WorkerProcess(settings)
     process.start()  # loads and warms up the model before the clock starts
     app = celery_worker_app(process)
+    # Nothing is buffered once every row has its result: stop at once, not after the
+    # soft-shutdown grace period a production worker keeps for its buffered messages.
+    app.conf.worker_soft_shutdown_timeout = 0.0
     logging.getLogger("celery").setLevel(logging.WARNING)
     with start_worker(
         app,

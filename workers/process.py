@@ -152,6 +152,13 @@ def _stream_thread(process: WorkerProcess) -> Any:
 
 def run_celery_worker(settings: Settings, queues: list[str], loglevel: str = "INFO") -> int:
     """Warm up, then run a Celery worker (solo pool) in this process until told to stop."""
+    from schemas.broker import check_broker
+
+    check_broker(settings.broker)
+    if settings.kafka.in_worker:
+        from workers.sources.kafka.runner import check_reachable
+
+        check_reachable(settings)
     process = WorkerProcess(settings)
     try:
         process.start()
@@ -175,8 +182,9 @@ def run_celery_worker(settings: Settings, queues: list[str], loglevel: str = "IN
 
 def run_stream_process(settings: Settings, stop: threading.Event) -> Any:
     """`scoring stream`: warm up, then consume Kafka until `stop`; returns its stats."""
-    from workers.sources.kafka.runner import run_stream
+    from workers.sources.kafka.runner import check_reachable, run_stream
 
+    check_reachable(settings)
     process = WorkerProcess(settings)
     try:
         process.start()
@@ -201,7 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     settings = Settings.from_env()
     queues = [q for q in args.queues.split(",") if q] or [settings.broker.requests_queue]
-    return run_celery_worker(settings, queues, args.loglevel)
+    try:
+        return run_celery_worker(settings, queues, args.loglevel)
+    except Exception as exc:
+        from schemas.failures import explain
+
+        message = explain(exc, settings)
+        if message is None:
+            raise
+        log.error("worker %s not started: %s", worker_name(settings.runtime), message)
+        return 2
 
 
 if __name__ == "__main__":

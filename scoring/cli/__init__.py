@@ -61,8 +61,8 @@ class ScoringGroup(LazyGroup):
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            from schemas.failures import explain
             from scoring.cli import common
-            from scoring.cli.errors import explain
 
             message = explain(exc, common.current_settings())
             if message is None:

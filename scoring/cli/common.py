@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from schemas.settings import Settings
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 _settings: Settings | None = None
 
 

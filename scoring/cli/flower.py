@@ -21,7 +21,9 @@ def flower(
             "set SCORING_FLOWER_AUTH=user:password first: Flower's API can start tasks and "
             "shut workers down, so it never runs without authentication"
         )
-    from schemas.broker import celery_app
+    from schemas.broker import celery_app, check_broker
+
+    check_broker(s.broker)
 
     os.environ["FLOWER_BASIC_AUTH"] = auth  # not on the command line, where `ps` shows it
     celery_app(s.broker).start(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ def produce(
     """
     if kafka == redis:
         fail("give exactly one of --kafka or --redis")
-    quiet_kafka()
+    quiet_kafka(logging.CRITICAL)
     s = settings().replace(kafka={"topic": topic}) if topic else settings()
     use_settings(s)
     rejected: list[str] = []
@@ -85,7 +86,7 @@ def _send_kafka(s: Settings, requests: Iterable[ScoreRequest]) -> tuple[int, str
     try:
         producer = EventProducer(s.kafka).open()
     except (KafkaError, ValueError) as exc:
-        return 0, f"cannot reach Kafka at {s.kafka.bootstrap}: {exc}"
+        fail(f"cannot reach Kafka at {s.kafka.bootstrap} (SCORING_KAFKA_BOOTSTRAP): {exc}")
     try:
         return producer.send(requests, validate=False), None
     except KafkaDeliveryError as exc:
@@ -103,4 +104,4 @@ def _send_redis(s: Settings, requests: Iterable[ScoreRequest]) -> tuple[int, str
     try:
         return RedisProducer(celery_app(s.broker)).send(requests, validate=False), None
     except OperationalError as exc:
-        return 0, f"cannot reach Redis at {s.broker.display_url()}: {exc}"
+        fail(f"cannot reach the broker at {s.broker.display_url()} (SCORING_BROKER_URL): {exc}")

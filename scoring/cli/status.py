@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import typer
@@ -52,12 +53,12 @@ def show_kafka_lag(wanted: bool | None) -> None:
     from scoring.cli.stream import quiet_kafka
     from workers.sources.kafka.lag import consumer_lag
 
-    quiet_kafka()
+    quiet_kafka(logging.CRITICAL)
     try:
         lags = consumer_lag(kafka, timeout_s=5.0)
     except (KafkaError, ValueError) as exc:
         if wanted:
-            fail(f"cannot read Kafka offsets at {kafka.bootstrap}: {exc}")
+            fail(f"cannot reach Kafka at {kafka.bootstrap} (SCORING_KAFKA_BOOTSTRAP): {exc}")
         return
     table = Table("partition", "end offset", "committed", "lag")
     table.title = f"kafka {kafka.topic}, group {kafka.group}"

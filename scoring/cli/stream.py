@@ -13,9 +13,10 @@ from scoring.cli.common import fail, settings, use_settings
 log = logging.getLogger(__name__)
 
 
-def quiet_kafka() -> None:
-    """kafka-python logs every connection at INFO; keep its warnings and errors only."""
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+def quiet_kafka(level: int = logging.WARNING) -> None:
+    """kafka-python logs every connection at INFO; keep its warnings and errors only (a
+    one-shot command that reports a failure itself keeps none: `level` CRITICAL)."""
+    logging.getLogger("kafka").setLevel(level)
 
 
 def stream(

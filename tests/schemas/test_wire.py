@@ -14,10 +14,24 @@ GOOD = {"amount": 120.5, "age_days": 3, "note": "hi"}
 
 
 def test_a_valid_request_round_trips() -> None:
-    req = ScoreRequest.model_validate(
-        {"request_id": "ord-81723", "model": "fraud", "inputs": GOOD, "metadata": {"tenant": "a"}}
-    )
+    body = {
+        "request_id": "ord-81723",
+        "model": "fraud",
+        "inputs": GOOD,
+        "metadata": {"tenant": "a"},
+    }
+    req = ScoreRequest.model_validate(body)
     assert req.model_version is None and req.priority == 5
+    again = ScoreRequest.model_validate_json(req.model_dump_json())
+    assert again == req
+    assert again.model_dump(exclude_defaults=True) == body
+
+
+def test_the_metadata_limit_is_the_setting() -> None:
+    body = {"request_id": "r", "model": "m", "inputs": {}, "metadata": {"k": "x" * 100}}
+    assert ScoreRequest.parse(body, max_metadata_bytes=200).metadata == {"k": "x" * 100}
+    with pytest.raises(ValidationError, match="at most 50 allowed"):
+        ScoreRequest.parse(body, max_metadata_bytes=50)
 
 
 @pytest.mark.parametrize("request_id", ["", "has space", "x" * 129, "semi;colon", "ünï"])

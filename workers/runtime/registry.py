@@ -80,7 +80,7 @@ def get_version(engine: Engine, name: str, version: int | None = None) -> ModelV
             query = query.where(ModelVersion.version == version)
         record = session.exec(query).first()
     if record is None:
-        what = f"version {version}" if version else "an active version"
+        what = f"version {version}" if version else "active version"
         raise RegistryError(f"model {name!r} has no {what}; see `scoring models list`")
     return record
 

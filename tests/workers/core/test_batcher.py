@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.core.batcher import STOP, Stop, next_batch
+from workers.core.batcher import STOP, next_batch
 
 
 class FakeClock:
@@ -69,7 +69,7 @@ def test_returns_none_on_stop_and_ends_a_batch_early() -> None:
     receive = lambda timeout: items.pop(0) if items else STOP  # noqa: E731
     assert next_batch(receive, max_size=10, max_wait_s=60.0) == ["a"]
     assert next_batch(receive, max_size=10, max_wait_s=60.0) is None
-    assert isinstance(STOP, Stop)
+    assert next_batch(receive, max_size=10, max_wait_s=60.0) is None  # stopped for good
 
 
 # Arrival gaps at and below the model's capacity (16 items per 30 ms, about 1.9 ms an item);

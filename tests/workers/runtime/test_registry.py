@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from schemas.db import make_engine, session_scope
 from schemas.tables import ModelEvent
@@ -44,8 +44,15 @@ def test_promote_and_rollback_move_the_active_version_with_a_history(
     statuses = {v.version: v.status for v in registry.list_versions(engine, "demo")}
     assert statuses == {1: "active", 2: "retired", 3: "retired"}
     with session_scope(engine) as session:
-        actions = [(e.action, e.version) for e in session.exec(select(ModelEvent)).all()]
-    assert ("rollback", 1) in actions and all(e for e in actions)
+        events = session.exec(select(ModelEvent).order_by(col(ModelEvent.id))).all()
+        actions = [(e.action, e.version) for e in events]
+        details = [e.detail for e in events if e.action == "rollback"]
+    assert [a for a in actions if a[0] in ("promote", "rollback")][-3:] == [
+        ("promote", 3),
+        ("rollback", 2),
+        ("rollback", 1),
+    ]
+    assert details == ["from version 3", "from version 2"]
 
 
 def test_promoting_a_missing_version_says_so(engine, tmp_path: Path, demo_artifact: Path) -> None:

@@ -1,4 +1,4 @@
-"""Expected failures as one line that says what to do (the traceback is for `--debug`).
+"""Expected failures as one line that says what to do (tracebacks are for `scoring --debug`).
 
 Each check looks at the exception's class by name and module, so that nothing heavy is
 imported to explain an error that did not come from it.
