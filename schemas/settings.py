@@ -219,6 +219,9 @@ class RuntimeSettings(BaseSettings):
     # This process's name in lineage and Celery (the launcher sets cpu0, gpu1, ...);
     # the host name is appended: cpu0@host.
     worker_name: str | None = None
+    # Where each worker process writes its heartbeat (`<worker>.json`) after every batch,
+    # for `python -m workers.health`; unset: no heartbeat.
+    heartbeat_dir: Path | None = None
 
 
 class GateSettings(BaseSettings):

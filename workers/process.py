@@ -78,7 +78,11 @@ class WorkerProcess:
     def start(self) -> list[str]:
         """Build the scorer and warm up every active version; WarmUpError if one cannot."""
         self.scorer()
-        return self.warm_up()
+        loaded = self.warm_up()
+        for hook in self._context.service.hooks:
+            if hasattr(hook, "beat"):
+                hook.beat(force=True)  # ready: the models are warm
+        return loaded
 
     def warm_up(self) -> list[str]:
         from workers.runtime import registry

@@ -10,6 +10,7 @@ from schemas.settings import Settings
 from workers.core.pipeline import PipelineConfig, ScoringPipeline
 from workers.core.service import ScoringService
 from workers.core.sink import ResultSink
+from workers.hooks.heartbeat import Heartbeat
 from workers.runtime.loaded import ModelCache, pick_device
 from workers.sources.base import WorkItem
 
@@ -43,5 +44,12 @@ def build_context(
         ),
     )
     batching = settings.batching
-    service = ScoringService(pipeline, batching.max_batch_size, batching.max_wait_ms / 1000)
+    hooks = []
+    if settings.runtime.heartbeat_dir is not None:
+        settings.runtime.heartbeat_dir.mkdir(parents=True, exist_ok=True)
+        beat = Heartbeat(settings.runtime.heartbeat_dir / f"{worker}.json", worker)
+        hooks.append(beat)
+    service = ScoringService(
+        pipeline, batching.max_batch_size, batching.max_wait_ms / 1000, hooks=hooks
+    )
     return CoreContext(pipeline, service.start())

@@ -11,12 +11,14 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 
 from schemas import names
 from workers.core.batcher import STOP, Stop, next_batch
 from workers.core.pipeline import ScoringPipeline
 from workers.core.sink import SinkUnavailable
+from workers.hooks import BatchHook
 from workers.sources.base import Outcome, WorkItem
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,15 @@ class Ticket:
 class ScoringService:
     """Owns the pipeline's thread; `submit` is safe to call from any thread."""
 
-    def __init__(self, pipeline: ScoringPipeline, max_batch_size: int, max_wait_s: float) -> None:
+    def __init__(
+        self,
+        pipeline: ScoringPipeline,
+        max_batch_size: int,
+        max_wait_s: float,
+        hooks: Sequence[BatchHook] = (),
+    ) -> None:
         self.pipeline = pipeline
+        self.hooks = list(hooks)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self._queue: queue.PriorityQueue[tuple[int, int, object]] = queue.PriorityQueue()
@@ -95,6 +104,8 @@ class ScoringService:
             self._score(batch)
 
     def _score(self, batch: list[WorkItem]) -> None:
+        self._call_hooks("before_batch", batch)
+        started = time.perf_counter()
         try:
             self.pipeline.process(batch)
         except SinkUnavailable as exc:
@@ -103,10 +114,18 @@ class ScoringService:
         except Exception as exc:  # noqa: BLE001 - the scorer thread must survive anything
             log.exception("batch of %d failed unexpectedly", len(batch))
             _mark_retry(batch, f"{type(exc).__name__}: {exc}")
+        self._call_hooks("after_batch", batch, time.perf_counter() - started)
         for item in batch:
             ticket, original = item.token
             item.token = original
             ticket._finish(1)
+
+    def _call_hooks(self, name: str, *args: object) -> None:
+        for hook in self.hooks:
+            try:
+                getattr(hook, name)(*args)
+            except Exception:  # noqa: BLE001 - a hook never fails a batch
+                log.exception("batch hook %s.%s failed", type(hook).__name__, name)
 
 
 def _mark_retry(batch: list[WorkItem], reason: str) -> None:
