@@ -42,7 +42,7 @@ services-down:
 test: install packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: install
+test-unit: install packages
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 lint: install
@@ -50,6 +50,7 @@ lint: install
 	$(VENV)/bin/ruff format --check scoring schemas producers workers bench deploy tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/bandit -q -c pyproject.toml -r scoring schemas producers workers bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache scoring.db scoring.db-* model-store

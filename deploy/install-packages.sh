@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the local services need and nothing else: Debian packages (Redis,
-# PostgreSQL, kcat, a JRE) when missing, and the Kafka broker's jars from Maven Central
-# into .services/kafka/libs (once per Kafka version). Starting, probing and stopping the
-# servers is Python: `python -m deploy.services up|down|env|status`.
+# PostgreSQL, kcat, a JRE, docker-compose) when missing, the Kafka broker's jars from Maven
+# Central into .services/kafka/libs (once per Kafka version), and the manifest checkers that
+# tests/deploy runs (kustomize, kubeconform: built from the Go module proxy into
+# .services/bin, once per version). Starting, probing and stopping the servers is Python:
+# `python -m deploy.services up|down|env|status`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 POM=$ROOT/deploy/kafka/pom.xml
@@ -16,6 +18,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v kcat >/dev/null || missing+=(kcat)
 command -v java >/dev/null || missing+=(default-jre-headless)
 command -v openssl >/dev/null || missing+=(openssl)
+# Compose 1.29 (Debian's): `docker-compose config` validates docker-compose.yml, no engine needed.
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM" | head -n 1)
 current=$(cat "$LIBS/.complete" 2>/dev/null || true)
 if [ "$current" != "$version" ] && ! command -v mvn >/dev/null; then missing+=(maven); fi
@@ -52,3 +56,17 @@ if [ "$current" != "$version" ]; then
     rm -rf "$LIBS"
     mv "$tmp" "$LIBS"
 fi
+
+# tests/deploy renders deploy/k8s with kustomize and validates it with kubeconform against
+# the schemas vendored in tests/deploy/schemas (offline). Versions are pinned here.
+BIN=$ROOT/.services/bin
+go_tool() {  # NAME MODULE@VERSION: rebuilt only when the pinned version changes
+    [ -x "$BIN/$1" ] && [ "$(cat "$BIN/.$1.version" 2>/dev/null)" = "$2" ] && return 0
+    command -v go >/dev/null || { log "go is needed to build $1 ($2)"; exit 1; }
+    log "go install $2 (first run only)"
+    mkdir -p "$BIN"
+    GOBIN=$BIN go install "$2" >&2
+    echo "$2" >"$BIN/.$1.version"
+}
+go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5@v5.8.1
+go_tool kubeconform github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0

@@ -24,7 +24,7 @@ def visible_gpus() -> list[str]:
     """GPU indices the NVIDIA driver reports, without initialising CUDA in this process."""
     if not shutil.which("nvidia-smi"):
         return []
-    out = subprocess.run(
+    out = subprocess.run(  # nosec B607: found on PATH by shutil.which above
         ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
         capture_output=True,
         text=True,

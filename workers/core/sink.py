@@ -152,15 +152,17 @@ _COLUMNS: list[Column[Any]] = [c for c in table_of(ScoreResult).columns if c.nam
 _JSON_COLUMNS = {c.name for c in _COLUMNS if isinstance(c.type, JSON)}
 
 
+# The SQL below is built from table and column names defined in code (nothing from input:
+# the values travel by COPY or as parameters), hence the `nosec B608` on it.
 _STAGING = "_incoming_score_results"
 _NAMES = ", ".join(f'"{c.name}"' for c in _COLUMNS)
 _CREATE_STAGING = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS "
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS "  # nosec B608
     f"SELECT {_NAMES} FROM {ScoreResult.__tablename__} WITH NO DATA"
 )
 _COPY = f"COPY {_STAGING} ({_NAMES}) FROM STDIN"
 _MOVE = (
-    f"INSERT INTO {ScoreResult.__tablename__} ({_NAMES}) SELECT {_NAMES} FROM {_STAGING} "
+    f"INSERT INTO {ScoreResult.__tablename__} ({_NAMES}) SELECT {_NAMES} FROM {_STAGING} "  # nosec B608
     f"ON CONFLICT ({', '.join(RESULT_KEY)}) DO NOTHING RETURNING {', '.join(RESULT_KEY)}"
 )
 
@@ -202,13 +204,13 @@ def _copy_insert(conn: Connection, results: list[dict[str, Any]]) -> set[tuple[A
 
 
 _SQLITE_CREATE = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} AS "
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} AS "  # nosec B608
     f"SELECT {_NAMES} FROM {ScoreResult.__tablename__} WHERE 0"
 )
-_SQLITE_STAGE = f"INSERT INTO {_STAGING} ({_NAMES}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_SQLITE_STAGE = f"INSERT INTO {_STAGING} ({_NAMES}) VALUES ({', '.join('?' * len(_COLUMNS))})"  # nosec B608
 # `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the INSERT.
 _SQLITE_MOVE = (
-    f"INSERT INTO {ScoreResult.__tablename__} ({_NAMES}) SELECT {_NAMES} FROM {_STAGING} "
+    f"INSERT INTO {ScoreResult.__tablename__} ({_NAMES}) SELECT {_NAMES} FROM {_STAGING} "  # nosec B608
     f"WHERE true ON CONFLICT ({', '.join(RESULT_KEY)}) DO NOTHING "
     f"RETURNING {', '.join(RESULT_KEY)}"
 )
@@ -226,7 +228,7 @@ def _sqlite_insert(conn: Connection, results: list[dict[str, Any]]) -> set[tuple
         cursor.executemany(_SQLITE_STAGE, list(zip(*arrays.values(), strict=True)))
         cursor.execute(_SQLITE_MOVE)
         inserted = {tuple(r) for r in cursor.fetchall()}
-        cursor.execute(f"DELETE FROM {_STAGING}")
+        cursor.execute(f"DELETE FROM {_STAGING}")  # nosec B608
         return inserted
     except Exception as exc:  # past SQLAlchemy: translate, so that retries still apply
         import sqlite3
