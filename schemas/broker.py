@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from celery import Celery
 
+from schemas import redis_transport
 from schemas.settings import BrokerSettings
+
+redis_transport.register()  # before any connection: every redis:// URL gets it
 
 
 def check_broker(broker: BrokerSettings, attempts: int = 3) -> None:

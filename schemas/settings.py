@@ -56,7 +56,7 @@ class BrokerSettings(BaseSettings):
     dead_letter_queue: str = names.DEAD_LETTER_QUEUE
     # A message a worker holds is redelivered when its lease is this old: workers renew
     # the leases of what they hold, so this bounds recovery after a crash, not batch time.
-    visibility_timeout_s: int = Field(default=600, ge=2)
+    visibility_timeout_s: int = Field(default=60, ge=2)
     # Rows one worker process holds unacknowledged: its message prefetch (and
     # celery-batches' flush size) is this over the rows per message it has seen.
     worker_hold_rows: int = Field(default=512, ge=1)
@@ -78,7 +78,9 @@ class BrokerSettings(BaseSettings):
         return {
             "visibility_timeout": visibility,
             # A holder renews its leases this often: well inside the visibility timeout.
-            "lease_renew_interval": max(1.0, visibility / 4),
+            "lease_renew_interval": max(0.5, visibility / 4),
+            # Where the fetch parks an item that is not a kombu message at all.
+            "dead_letter_queue": self.dead_letter_queue,
             # kombu sweeps for expired leases every interval x throttle seconds.
             "unacked_restore_interval": max(1, min(10, visibility // 4)),
             "unacked_restore_throttle": 1,

@@ -100,6 +100,8 @@ class PostgresServer:
             f"THEN CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD '{pw}'; "
             f"ELSE ALTER ROLE {APP_USER} LOGIN CREATEDB PASSWORD '{pw}'; END IF; END $$;"
         )
+        # Tests drop their databases WITH (FORCE), which must be able to end every session.
+        self._admin(f"GRANT pg_signal_backend TO {APP_USER}")
         if self._admin(f"SELECT 1 FROM pg_database WHERE datname = '{APP_DB}'") != "1":
             self._admin(f"CREATE DATABASE {APP_DB} OWNER {APP_USER}")
 

@@ -23,6 +23,10 @@ BENCHMARKS = {
         "bench.e2e:command",
         "End to end: bulk through Redis, workers and PostgreSQL vs the runtime and baselines.",
     ),
+    "chaos": Lazy(
+        "bench.chaos:command",
+        "SIGKILL workers at random instants during a bulk run; count lost and doubled rows.",
+    ),
     "cli": Lazy(
         "bench.cli_startup:command",
         "Seconds `scoring --help` and each `scoring <command> --help` take, fresh processes.",

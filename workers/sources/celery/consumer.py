@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery.worker.consumer import Consumer
+from celery_batches import Batches
 
 from schemas.tables import utcnow
 from workers.sources.celery.dead_letters import CeleryDeadLetters
@@ -20,6 +21,21 @@ class DeadLetteringConsumer(Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.app.scoring_consumer = self  # workers.sources.celery.prefetch sets its QoS in rows
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        """After a broker reconnect, let celery-batches schedule its flush timer again.
+
+        celery-batches starts its timer once and keeps the handle; the reconnect clears the
+        event loop's timers, so the handle points at nothing and a buffer smaller than
+        `flush_every` (the prefetch is reset to one message) is never flushed: the worker
+        stops consuming for good (seen here; compare celery#10302). Requests buffered from
+        the old connection are flushed with the next ones; their acks fail (the channel is
+        gone) and the messages come back after their leases, to be stored once (upsert).
+        """
+        super().on_connection_error_after_connected(exc)
+        for task in self.app.tasks.values():
+            if isinstance(task, Batches):
+                task._tref = None
 
     def _park(self, message: Any, reason: str) -> None:
         broker = self.app.scoring_broker
