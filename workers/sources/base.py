@@ -63,9 +63,10 @@ class Source(Protocol):
         thread as the item is found unusable; must not raise for a broker hiccup it can
         retry later (settle sees the item as DEAD either way)."""
 
-    def settle(self, items: Sequence[WorkItem]) -> None:
+    def settle(self, items: Sequence[WorkItem]) -> Any:
         """After the ticket: acknowledge STORED and DEAD items, send RETRY items back
-        (re-published with `attempt + 1`, or the partition rewound)."""
+        (re-published with `attempt + 1`, or the partition rewound). Whatever cannot be
+        sent back stays unacknowledged, for the broker to redeliver."""
 
     def close(self) -> None:
         """Finish what is in hand and release the broker connection."""

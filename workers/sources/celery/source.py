@@ -41,19 +41,29 @@ class CelerySource:
     def dead_letter(self, item: WorkItem) -> None:
         self.dead_letters(item)
 
-    def settle(self, items: Sequence[WorkItem]) -> None:
-        """Re-publish RETRY items, grouped by the message they came in (celery-batches
-        acknowledges the originals when the task returns)."""
+    def settle(self, items: Sequence[WorkItem]) -> list[Any]:
+        """Re-publish RETRY items, grouped by the message they came in; return the messages
+        (tokens) that could not be settled that way and must stay unacknowledged."""
         groups: dict[tuple[Any, ...], list[WorkItem]] = defaultdict(list)
         for item in retried(items):
             groups[(id(item.token), item.attempt, item.source, item.bulk_run_id)].append(item)
+        unsettled: list[Any] = []
         for (_, attempt, source, run_id), failed in groups.items():
-            if attempt >= MAX_ATTEMPTS:
-                for item in failed:
-                    item.reason = f"gave up after {attempt} attempts: {item.reason}"
-                    self.dead_letters(item)
-                continue
-            self._republish(failed, attempt, source, run_id)
+            try:
+                if attempt >= MAX_ATTEMPTS:
+                    for item in failed:
+                        item.reason = f"gave up after {attempt} attempts: {item.reason}"
+                        self.dead_letters(item)
+                    continue
+                self._republish(failed, attempt, source, run_id)
+            except Exception as exc:  # noqa: BLE001 - the broker refused the write
+                log.error(
+                    "could not re-publish %d requests (%s): their message stays unacknowledged",
+                    sum(i.size for i in failed),
+                    exc,
+                )
+                unsettled.append(failed[0].token)
+        return unsettled
 
     def _republish(
         self, failed: list[WorkItem], attempt: int, source: str, run_id: str | None

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
-from celery_batches import Batches, SimpleRequest
+from celery_batches import SimpleRequest
 
 from schemas import names
 from schemas.settings import BrokerSettings
 from workers.core.chunks import RowChunk
 from workers.core.pipeline import from_epoch
 from workers.sources.base import Scorer, WorkItem
+from workers.sources.celery.batches import SettledBatches
 from workers.sources.celery.prefetch import RowPrefetch
 from workers.sources.celery.source import CelerySource
 
@@ -29,7 +30,8 @@ def register_tasks(
     """Register the scoring task on `app`; `scorer()` returns the process's scorer."""
 
     @app.task(
-        base=Batches,
+        base=SettledBatches,
+        bind=True,
         shared=False,  # Celery adds shared tasks to every app; each app has its own
         name=names.SCORE_TASK,
         acks_late=True,
@@ -37,11 +39,12 @@ def register_tasks(
         flush_every=1,  # then set by RowPrefetch
         flush_interval=broker.worker_flush_interval_s,
     )
-    def score(requests: list[SimpleRequest]) -> int:
+    def score(task: SettledBatches, requests: list[SimpleRequest]) -> int:
         items = [item for req in requests for item in work_items(req)]
         prefetch.observe(len(requests), sum(item.size for item in items))
         scorer().submit(items).wait()
-        source.settle(items)
+        for request in source.settle(items):
+            task.keep_unacked(request)
         return len(items)
 
     prefetch = RowPrefetch(score, broker.worker_hold_rows, broker.worker_prefetch)
