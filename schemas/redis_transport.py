@@ -75,11 +75,8 @@ class AtomicFetchMixin:
     doorbell_prefix = names.DOORBELL_PREFIX
     dead_letter_queue = names.DEAD_LETTER_QUEUE
     lease_renew_interval = 15.0
-    from_transport_options = kombu_redis.Channel.from_transport_options + (
-        "doorbell_prefix",
-        "dead_letter_queue",
-        "lease_renew_interval",
-    )
+    OWN_OPTIONS = ("doorbell_prefix", "dead_letter_queue", "lease_renew_interval")
+    from_transport_options = kombu_redis.Channel.from_transport_options + OWN_OPTIONS
 
     # Attributes of kombu's Channel this mixin relies on (for type checkers).
     client: Any
@@ -246,7 +243,9 @@ class AtomicFetchChannel(AtomicFetchMixin, kombu_redis.Channel):  # type: ignore
 class AtomicFetchSentinelChannel(  # type: ignore[misc]
     AtomicFetchMixin, kombu_redis.SentinelChannel
 ):
-    pass
+    from_transport_options = (
+        kombu_redis.SentinelChannel.from_transport_options + AtomicFetchMixin.OWN_OPTIONS
+    )
 
 
 class _KeeperMixin:

@@ -64,6 +64,14 @@ class BrokerSettings(BaseSettings):
     worker_prefetch: int = Field(default=256, ge=1)
     # Seconds celery-batches waits before flushing a partial buffer.
     worker_flush_interval_s: float = Field(default=0.05, gt=0)
+    # With a sentinel:// URL: the name the sentinels monitor the primary by, and their own
+    # password if they require one (the URL's credentials are the primary's).
+    sentinel_master: str = Field(
+        default="scoring", validation_alias="SCORING_BROKER_SENTINEL_MASTER"
+    )
+    sentinel_password: SecretStr | None = Field(
+        default=None, validation_alias="SCORING_BROKER_SENTINEL_PASSWORD"
+    )
 
     def broker_url(self) -> str:
         """The URL with its password: for kombu only, never for a log line."""
@@ -85,7 +93,16 @@ class BrokerSettings(BaseSettings):
             "unacked_restore_interval": max(1, min(10, visibility // 4)),
             "unacked_restore_throttle": 1,
             "polling_interval": 1,
+            **self._sentinel_options(),
         }
+
+    def _sentinel_options(self) -> dict[str, Any]:
+        if not self.broker_url().startswith("sentinel://"):
+            return {}
+        options: dict[str, Any] = {"master_name": self.sentinel_master}
+        if self.sentinel_password is not None:
+            options["sentinel_kwargs"] = {"password": self.sentinel_password.get_secret_value()}
+        return options
 
     def celery_config(self) -> dict[str, Any]:
         """Celery settings that make the Redis path lose nothing (see README, 'Safety')."""
