@@ -76,7 +76,7 @@ class AtomicFetchMixin:
     dead_letter_queue = names.DEAD_LETTER_QUEUE
     lease_renew_interval = 15.0
     OWN_OPTIONS = ("doorbell_prefix", "dead_letter_queue", "lease_renew_interval")
-    from_transport_options = kombu_redis.Channel.from_transport_options + OWN_OPTIONS
+    from_transport_options: Any = kombu_redis.Channel.from_transport_options + OWN_OPTIONS
 
     # Attributes of kombu's Channel this mixin relies on (for type checkers).
     client: Any
@@ -236,14 +236,12 @@ class LeaseKeeper:
         self._stop.set()
 
 
-class AtomicFetchChannel(AtomicFetchMixin, kombu_redis.Channel):  # type: ignore[misc]
+class AtomicFetchChannel(AtomicFetchMixin, kombu_redis.Channel):
     pass
 
 
-class AtomicFetchSentinelChannel(  # type: ignore[misc]
-    AtomicFetchMixin, kombu_redis.SentinelChannel
-):
-    from_transport_options = (
+class AtomicFetchSentinelChannel(AtomicFetchMixin, kombu_redis.SentinelChannel):
+    from_transport_options: Any = (
         kombu_redis.SentinelChannel.from_transport_options + AtomicFetchMixin.OWN_OPTIONS
     )
 
