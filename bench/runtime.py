@@ -3,6 +3,10 @@ eager fp32 in the same process, plus each backend's top-label agreement with fp3
 
 Speeds are of the model runtime itself (prepared tensors in, scores out), the median of
 interleaved rounds after warm-up, so a noisy machine slows both sides of each ratio alike.
+
+For the MLP (the family that can be pruned) it also measures structurally pruned copies at
+a few ratios (`--prune`), rows with `pruned` set: speed against the unpruned eager fp32,
+agreement with it, and accuracy on the held-out rows.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import typer
 
 MLP_SIZES = [1, 8, 32, 128, 256]
 TEXT_SIZES = [1, 8, 32, 128]
+# The backends pruned copies are measured with: the eager ones (no compile wait) per device.
+PRUNED_BACKENDS = ("eager", "int8", "fp16", "bf16")
 
 
 def command(
@@ -28,6 +34,9 @@ def command(
     threads: int = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
     rounds: int = typer.Option(7, "--rounds", help="Timed rounds per measurement."),
     quick: bool = typer.Option(False, "--quick", help="Fewer sizes and rounds (a smoke run)."),
+    prune: str = typer.Option(
+        "0.3,0.5,0.7", "--prune", help="Pruning ratios for the MLP ('' for none)."
+    ),
 ) -> None:
     """Measure the model runtime; write every row and the headline ratios to OUT."""
     import torch
@@ -50,7 +59,12 @@ def command(
             sizes = MLP_SIZES if name == "demo" else TEXT_SIZES
             if quick:
                 sizes = [1, 32] if name == "minilm" else [1, 256]
-            rows += measure(record, wanted, device, sizes, 2 if quick else rounds)
+            ratios_wanted = [float(r) for r in prune.split(",") if r.strip()]
+            if record.architecture != "mlp":
+                ratios_wanted = []
+            rows += measure(
+                record, wanted, device, sizes, 2 if quick else rounds, ratios_wanted, Path(tmp)
+            )
             # Written after each model, so a run cut short still leaves what it measured.
             result = {"machine": machine(device), "rows": rows, "ratios": ratios(rows)}
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -83,44 +97,119 @@ def _record(name: str, tmp: Path) -> Any:
 
 
 def measure(
-    record: Any, backends: list[str], device: str, sizes: list[int], rounds: int
+    record: Any,
+    backends: list[str],
+    device: str,
+    sizes: list[int],
+    rounds: int,
+    prune_ratios: list[float] | None = None,
+    tmp: Path | None = None,
 ) -> list[dict[str, Any]]:
-    from workers.runtime.backends import BackendUnavailable
+    """Rows for every backend (and, for each ratio in `prune_ratios`, every backend of
+    PRUNED_BACKENDS on a pruned copy), all against the unpruned eager fp32."""
     from workers.runtime.loaded import load_model
-    from workers.runtime.quality import Thresholds, held_out, judge, predict_all
+    from workers.runtime.quality import held_out, predict_all
 
     inputs, labels = held_out(record)
     record.max_batch_size = max(sizes)
     eager = load_model(record, device, backend="eager")
     reference = predict_all(eager, inputs)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for backend in backends:
-        started = time.perf_counter()
-        try:
-            model = eager if backend == "eager" else load_model(record, device, backend=backend)
-            model.warm_up(inputs[0])
-        except (BackendUnavailable, RuntimeError) as exc:
-            rows.append({"model": record.name, "backend": backend, "error": str(exc)})
-            continue
-        prepare_s = time.perf_counter() - started
-        verdict = judge(predict_all(model, inputs), reference, labels, Thresholds())
-        for size in sizes:
-            speeds = _interleaved(eager, model, inputs, size, rounds)
-            rows.append(
-                {
-                    "model": record.name,
-                    "backend": backend,
-                    "batch": size,
-                    "items_per_s": round(speeds[1], 1),
-                    "eager_items_per_s": round(speeds[0], 1),
-                    "speedup_vs_eager": round(speeds[1] / speeds[0], 3),
-                    "agreement": round(verdict["agreement"], 4),
-                    "max_score_diff": verdict["max_score_diff"],
-                    "passed_gate": verdict["passed"],
-                    "prepare_s": round(prepare_s, 1),
-                }
+        rows += _measure_one(record, backend, device, sizes, rounds, eager, reference, labels)
+    runnable = [b for b in backends if b in PRUNED_BACKENDS and _runs_here(b, device)]
+    for ratio in prune_ratios or []:
+        pruned, hidden = _pruned_record(record, ratio, tmp or Path(tempfile.mkdtemp()))
+        for backend in runnable:
+            rows += _measure_one(
+                pruned, backend, device, sizes, rounds, eager, reference, labels, ratio, hidden
             )
     return rows
+
+
+def _runs_here(backend: str, device: str) -> bool:
+    from workers.runtime.backends import BackendUnavailable, check_backend
+
+    try:
+        check_backend(backend, device)
+    except BackendUnavailable:
+        return False
+    return True
+
+
+def _measure_one(
+    record: Any,
+    backend: str,
+    device: str,
+    sizes: list[int],
+    rounds: int,
+    eager: Any,
+    reference: list[dict[str, Any]],
+    labels: list[str | None],
+    pruned: float = 0.0,
+    hidden: list[int] | None = None,
+) -> list[dict[str, Any]]:
+    from workers.runtime.backends import BackendUnavailable
+    from workers.runtime.loaded import load_model
+    from workers.runtime.quality import Thresholds, held_out, judge, predict_all
+
+    inputs, _ = held_out(record)
+    started = time.perf_counter()
+    try:
+        if backend == "eager" and not pruned:
+            model = eager
+        else:
+            model = load_model(record, device, backend=backend)
+        model.warm_up(inputs[0])
+    except (BackendUnavailable, RuntimeError) as exc:
+        return [{"model": record.name, "backend": backend, "pruned": pruned, "error": str(exc)}]
+    prepare_s = time.perf_counter() - started
+    verdict = judge(predict_all(model, inputs), reference, labels, Thresholds())
+    rows = []
+    for size in sizes:
+        speeds = _interleaved(eager, model, inputs, size, rounds)
+        row = {
+            "model": record.name,
+            "backend": backend,
+            "batch": size,
+            "items_per_s": round(speeds[1], 1),
+            "eager_items_per_s": round(speeds[0], 1),
+            "speedup_vs_eager": round(speeds[1] / speeds[0], 3),
+            "agreement": round(verdict["agreement"], 4),
+            "max_score_diff": verdict["max_score_diff"],
+            "passed_gate": verdict["passed"],
+            "prepare_s": round(prepare_s, 1),
+            "pruned": pruned,
+            "accuracy": verdict["accuracy"],
+        }
+        if hidden is not None:
+            row["hidden"] = hidden
+        rows.append(row)
+    return rows
+
+
+def _pruned_record(record: Any, ratio: float, tmp: Path) -> tuple[Any, list[int]]:
+    """An in-memory ModelVersion of `record` with `ratio` of its hidden units removed."""
+    import json
+
+    from workers.runtime.artifacts import MANIFEST, artifact_sha256, save_artifact
+    from workers.runtime.loaded import load_model
+    from workers.runtime.pruning import prune_mlp
+
+    module = load_model(record, "cpu", backend="eager").module
+    smaller, hidden = prune_mlp(module, ratio)
+    manifest = json.loads((Path(record.artifact_uri) / MANIFEST).read_text())
+    manifest["config"] = {**manifest["config"], "hidden": hidden}
+    folder = tmp / f"{record.name}-pruned-{ratio}"
+    save_artifact(folder, manifest, smaller)
+    pruned = record.model_copy(
+        update={
+            "config": manifest["config"],
+            "artifact_uri": str(folder),
+            "artifact_sha256": artifact_sha256(folder),
+        }
+    )
+    return pruned, hidden
 
 
 def _interleaved(
@@ -167,6 +256,7 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 if r.get("model") == model
                 and r.get("backend") == backend
                 and r.get("batch") == batch
+                and not r.get("pruned")
             ),
             None,
         )
@@ -178,7 +268,12 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
         result["transformer_int8_vs_eager_b32"] = row["speedup_vs_eager"]
         result["transformer_int8_agreement"] = row["agreement"]
     passing = [  # the gate's own verdict: agreement, score difference and accuracy
-        r for r in rows if r.get("model") == "minilm" and r.get("batch") == 32 and r["passed_gate"]
+        r
+        for r in rows
+        if r.get("model") == "minilm"
+        and r.get("batch") == 32
+        and r["passed_gate"]
+        and not r.get("pruned")
     ]
     if passing:
         best = max(passing, key=lambda r: r["speedup_vs_eager"])
@@ -187,7 +282,30 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     b1, b32 = find("minilm", "eager", 1), find("minilm", "eager", 32)
     if b1 and b32:
         result["transformer_b32_vs_b1"] = round(b32["items_per_s"] / b1["items_per_s"], 3)
+    if pruning := _pruning_ratios(rows):
+        result["mlp_pruned"] = pruning
     return result
+
+
+def _pruning_ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per pruning ratio, at the largest batch: each backend's speed against the unpruned
+    eager fp32, its agreement with it and its accuracy."""
+    pruned = [r for r in rows if r.get("pruned") and r.get("model") == "demo" and "batch" in r]
+    if not pruned:
+        return {}
+    top = max(r["batch"] for r in pruned)
+    out: dict[str, Any] = {}
+    for r in sorted(pruned, key=lambda r: (r["pruned"], r["backend"])):
+        if r["batch"] != top:
+            continue
+        out.setdefault(str(r["pruned"]), {"batch": top, "hidden": r.get("hidden")})[
+            r["backend"]
+        ] = {
+            "speedup_vs_eager": r["speedup_vs_eager"],
+            "agreement": r["agreement"],
+            "accuracy": r.get("accuracy"),
+        }
+    return out
 
 
 def machine(device: str) -> dict[str, Any]:
@@ -222,27 +340,32 @@ def _print(result: dict[str, Any]) -> None:
 
     table = Table(
         "model",
+        "pruned",
         "backend",
         "batch",
         "items/s",
         "eager items/s",
         "vs eager",
         "agreement",
+        "accuracy",
         title=f"runtime on {result['machine']['device']} "
         f"({result['machine']['torch_threads']} threads)",
     )
     for r in result["rows"]:
+        pruned = f"{r['pruned']:.0%}" if r.get("pruned") else ""
         if "error" in r:
-            table.add_row(r["model"], r["backend"], "", "", "", "", r["error"][:40])
+            table.add_row(r["model"], pruned, r["backend"], "", "", "", "", r["error"][:40], "")
             continue
         table.add_row(
             r["model"],
+            pruned,
             r["backend"],
             str(r["batch"]),
             f"{r['items_per_s']:,.0f}",
             f"{r['eager_items_per_s']:,.0f}",
             f"{r['speedup_vs_eager']}x",
             str(r["agreement"]),
+            "" if r.get("accuracy") is None else str(r["accuracy"]),
         )
     console = Console()
     console.print(table)

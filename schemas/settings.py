@@ -241,16 +241,23 @@ class RuntimeSettings(BaseSettings):
     # Where each worker process writes its heartbeat (`<worker>.json`) after every batch,
     # for `python -m workers.health`; unset: no heartbeat.
     heartbeat_dir: Path | None = None
+    # Each scoring process serves Prometheus metrics on this port (unset: none). The
+    # launcher gives its N children port, port + 1, ..., port + N - 1.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class GateSettings(BaseSettings):
-    """The quality gate: a backend against eager fp32 on the version's held-out rows."""
+    """The quality gate: a backend against eager fp32 on the version's held-out rows, and the
+    candidate against the active version on the same rows."""
 
     model_config = _section("SCORING_GATE_")
 
     min_agreement: float = Field(default=0.99, ge=0, le=1)
     max_score_diff: float = Field(default=0.05, ge=0)
     max_accuracy_drop: float = Field(default=0.01, ge=0)
+    # against the version that serves now, on the candidate's held-out rows
+    max_accuracy_drop_vs_active: float = Field(default=0.01, ge=0)
+    max_latency_ratio_vs_active: float = Field(default=1.5, gt=0)
 
 
 class FlowerSettings(BaseSettings):

@@ -39,13 +39,18 @@ class ModelVersion(SQLModel, table=True):
     status: str = Field(default="staged", max_length=16, index=True)
     validation_report: dict[str, Any] | None = _json()
     reference_stats: dict[str, Any] | None = _json()
+    # What made it: training data identity (sha256 or snapshot name), hyperparameters,
+    # training metrics, code version; for a derived version, its source and the recipe.
+    training: dict[str, Any] | None = _json()
     created_at: datetime = Field(default_factory=utcnow)
     activated_at: datetime | None = None
     retired_at: datetime | None = None
 
 
 class ModelEvent(SQLModel, table=True):
-    """Audit trail of the registry: register, promote, rollback, validate."""
+    """Audit trail of the registry: register, validate, promote, rollback, set-backend,
+    auto-backend, derive; by whom (host and user) and, for a promotion, the gate verdict
+    that allowed it."""
 
     __tablename__ = "model_events"
 
@@ -55,6 +60,29 @@ class ModelEvent(SQLModel, table=True):
     action: str = Field(max_length=32)
     detail: str | None = Field(default=None, sa_type=Text)
     at: datetime = Field(default_factory=utcnow)
+    previous_version: int | None = None  # the active version before a promote or rollback
+    host: str | None = Field(default=None, max_length=255)
+    username: str | None = Field(default=None, max_length=128)
+    # The gate summary behind this change: backend, passed, agreement, comparison with
+    # the version that was active, and `report_id` (a row of model_validations).
+    gate: dict[str, Any] | None = _json()
+
+
+class ModelValidation(SQLModel, table=True):
+    """Every validation report kept as it was produced (model_versions keeps the latest)."""
+
+    __tablename__ = "model_validations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, max_length=128)
+    version: int
+    backend: str = Field(max_length=32)
+    passed: bool
+    active_version: int | None = None  # the version it was compared with, if any
+    report: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    at: datetime = Field(default_factory=utcnow)
+    host: str | None = Field(default=None, max_length=255)
+    username: str | None = Field(default=None, max_length=128)
 
 
 class ScoreResult(SQLModel, table=True):
@@ -82,6 +110,7 @@ class ScoreResult(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=Text)
     source: str = Field(max_length=16)
     bulk_run_id: str | None = Field(default=None, max_length=64)
+    bulk_chunk: int | None = None  # the chunk's number in its bulk run (bulk_chunks.seq)
     meta: dict[str, Any] | None = Field(default=None, sa_column=Column("metadata", JSON))
     enqueued_at: datetime | None = None
     scored_at: datetime = Field(default_factory=utcnow)
@@ -114,12 +143,17 @@ class BatchMetric(SQLModel, table=True):
 
 
 class BulkRun(SQLModel, table=True):
-    """One bulk job: which file, which model version, how far it got."""
+    """One bulk job: which file, which model version, how far it got, and what it was
+    made from (the input's size and sha256, the options), so that it can be resumed."""
 
     __tablename__ = "bulk_runs"
 
     id: str = Field(primary_key=True, max_length=64)
     input: str
+    input_bytes: int | None = Field(default=None, sa_type=BigInteger)
+    input_sha256: str | None = Field(default=None, max_length=64)
+    options: dict[str, Any] | None = _json()
+    chunks: int = 0  # chunks published so far (the ledger's rows)
     model_name: str = Field(max_length=128)
     model_version: int
     total_rows: int | None = None
@@ -148,7 +182,22 @@ class BulkDuplicate(SQLModel, table=True):
     model_name: str = Field(max_length=128)
     model_version: int
     existing_run_id: str | None = Field(default=None, max_length=64)
+    chunk: int | None = None
     at: datetime = Field(default_factory=utcnow)
+
+
+class BulkChunk(SQLModel, table=True):
+    """The ledger of a bulk run: one row per chunk published, written after the broker
+    took it. A resumed run publishes only the chunks missing here; `--wait` publishes
+    again a chunk whose rows do not all have results once the run has been silent."""
+
+    __tablename__ = "bulk_chunks"
+
+    run_id: str = Field(primary_key=True, max_length=64)
+    seq: int = Field(primary_key=True)  # the chunk's place in the file, from 0
+    rows: int
+    published_at: datetime = Field(default_factory=utcnow)
+    republished: int = 0
 
 
 class DriftReport(SQLModel, table=True):

@@ -44,6 +44,9 @@ def test_registry_commands_and_json_listing(
     )
     out = scoring(tmp_path, "models", "register", "demo", str(demo_artifact_v2), env=env)
     assert "registered demo v2 (staged)" in out.stdout
+    # every version is validated before promotion, eager ones too (against the active one)
+    gate = ("--backend", "eager", "--no-timing")
+    assert scoring(tmp_path, "models", "validate", "demo", "2", *gate, env=env).returncode == 0
     assert (
         "demo v2 is active (eager)"
         in scoring(tmp_path, "models", "promote", "demo", "2", env=env).stdout

@@ -9,10 +9,10 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:  # torch and safetensors load only where weights are read or written,
+    import torch  # so that the registry's listings and rollbacks start fast
 
 MANIFEST = "model.json"
 WEIGHTS = "weights.safetensors"
@@ -51,6 +51,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 def save_artifact(directory: Path, manifest: dict[str, Any], module: torch.nn.Module) -> str:
     """Write a manifest and the module's weights; return the artifact's sha256."""
+    from safetensors.torch import save_file
+
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
@@ -69,6 +71,8 @@ def copy_into_store(source: Path, store: Path, name: str, version: int) -> Path:
 
 def load_checked(directory: Path, expected_sha256: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Manifest and weights, after the files' sha256 matches the registry's record."""
+    from safetensors.torch import load_file
+
     actual = artifact_sha256(directory)
     if actual != expected_sha256:
         raise ArtifactError(

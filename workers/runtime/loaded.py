@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from schemas.tables import ModelVersion
 from workers.runtime.artifacts import load_checked
-from workers.runtime.backends import COMPILED, apply_backend, bucket_for, buckets
+from workers.runtime.backends import (
+    COMPILED,
+    TRT_DIR,
+    TensorRTTarget,
+    apply_backend,
+    bucket_for,
+    buckets,
+)
 from workers.runtime.models import Architecture, get_architecture
 
 
@@ -113,6 +121,7 @@ def load_model(
     architecture.load_weights(module, weights)
     module.eval().to(device)
     backend = backend or record.backend
+    target = tensorrt_target(record, architecture) if backend == "tensorrt" else None
     return LoadedModel(
         name=record.name,
         version=record.version,
@@ -125,8 +134,28 @@ def load_model(
         device=device,
         architecture=architecture,
         module=module,
-        runner=apply_backend(module, backend, device, record.config),
+        runner=apply_backend(module, backend, device, record.config, tensorrt=target),
     )
+
+
+def tensorrt_target(record: ModelVersion, architecture: Architecture) -> TensorRTTarget:
+    """Example inputs (one valid request, prepared), the serving buckets, and the engine
+    cache inside the version's folder of the model store: <store>/<name>/<version>/trt."""
+    example = architecture.prepare([example_inputs(dict(record.input_schema))], record.config)
+    return TensorRTTarget(
+        example=tuple(example),
+        buckets=tuple(buckets(record.max_batch_size)),
+        cache_dir=Path(record.artifact_uri) / TRT_DIR,
+        sha256=record.artifact_sha256,
+    )
+
+
+class LoadListener(Protocol):
+    """Told of each version the cache loads (seconds to load, to warm up) or fails to."""
+
+    def model_loaded(self, model: LoadedModel, load_s: float, warm_up_s: float) -> None: ...
+
+    def model_failed(self, name: str, version: int, backend: str) -> None: ...
 
 
 class ModelCache:
@@ -137,15 +166,26 @@ class ModelCache:
     (a version promoted later, or named by a request), so serving never compiles.
     """
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", listener: LoadListener | None = None) -> None:
         self.device = device
+        self.listener = listener
         self._models: dict[tuple[str, int], LoadedModel] = {}
 
     def get(self, record: ModelVersion) -> LoadedModel:
         key = (record.name, record.version)
         if key not in self._models:
-            model = load_model(record, self.device)
-            model.warm_up(example_inputs(model.input_schema))
+            began = time.perf_counter()
+            try:
+                model = load_model(record, self.device)
+                loaded = time.perf_counter()
+                model.warm_up(example_inputs(model.input_schema))
+            except Exception:
+                if self.listener is not None:
+                    self.listener.model_failed(record.name, record.version, record.backend)
+                raise
+            if self.listener is not None:
+                warm = time.perf_counter()
+                self.listener.model_loaded(model, loaded - began, warm - loaded)
             self._models[key] = model
         return self._models[key]
 

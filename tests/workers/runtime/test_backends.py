@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,12 +15,18 @@ from workers.runtime import registry
 from workers.runtime.backends import (
     BackendUnavailable,
     bucket_for,
+    build_tensorrt_runner,
     check_backend,
     cpu_has_bf16,
     quantizable_linears,
+    trt_compile_settings,
+    trt_dynamic_shapes,
+    trt_engine_key,
+    trt_input_specs,
 )
-from workers.runtime.loaded import load_model
-from workers.runtime.quality import Thresholds, validate
+from workers.runtime.loaded import load_model, tensorrt_target
+from workers.runtime.models import get_architecture
+from workers.runtime.quality import Thresholds, held_out, judge, predict_all, validate
 
 
 @pytest.fixture
@@ -149,3 +156,172 @@ def test_a_worker_warms_every_bucket_before_its_first_batch(demo_record) -> None
     for n in (1, 9, 200, 33):
         model.predict(rows[:n])
     assert counters["stats"]["unique_graphs"] == compiled
+
+
+@pytest.mark.slow
+def test_compiled_int8_runs_torchao_int8_and_passes_the_gate(demo_record) -> None:  # type: ignore[no-untyped-def]
+    """torchao is a declared dependency, so every CPU backend the gate can pick runs."""
+    _, record = demo_record
+    record.max_batch_size = 8  # two buckets to compile, not five
+    inputs, labels = held_out(record)
+    eager = predict_all(load_model(record, backend="eager"), inputs)
+    model = load_model(record, backend="compiled-int8")
+    assert model.warm_up(inputs[0]) == [1, 8]
+    first = model.runner._orig_mod.net[0].weight  # torch.compile wraps the torchao module
+    assert type(first).__module__.startswith("torchao"), type(first)
+    verdict = judge(predict_all(model, inputs), eager, labels, Thresholds())  # the gate's
+    assert verdict["passed"] and verdict["agreement"] >= 0.99, verdict
+
+
+# TensorRT: everything but the calls into torch_tensorrt runs here, on the CPU.
+
+
+def test_tensorrt_is_refused_without_cuda_before_anything_is_built(demo_record) -> None:  # type: ignore[no-untyped-def]
+    _, record = demo_record
+    with pytest.raises(BackendUnavailable, match="needs a CUDA GPU"):
+        load_model(record, "cpu", backend="tensorrt")
+    assert not (Path(record.artifact_uri) / "trt").exists()
+
+
+def test_tensorrt_inputs_have_a_dynamic_batch_from_the_smallest_to_the_largest_bucket() -> None:
+    example = (torch.zeros(1, 32, dtype=torch.long), torch.ones(1, 32, dtype=torch.long))
+    ids, mask = trt_input_specs(example, (1, 8, 32, 128), torch.float16)
+    assert (ids.min_shape, ids.opt_shape, ids.max_shape) == ((1, 32), (128, 32), (128, 32))
+    assert ids.dtype == mask.dtype == torch.long  # token ids stay integers
+    (features,) = trt_input_specs((torch.zeros(1, 30),), (1, 8, 32, 128, 256), torch.float16)
+    assert features.min_shape == (1, 30) and features.max_shape == (256, 30)
+    assert features.dtype == torch.float16
+
+
+def test_tensorrt_export_shares_one_batch_dimension_across_inputs() -> None:
+    class TwoInputs(nn.Module):
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return (input_ids * attention_mask).float()
+
+    dims = trt_dynamic_shapes(TwoInputs(), 2, (1, 8, 256))
+    assert list(dims) == ["input_ids", "attention_mask"]
+    assert dims["input_ids"][0] is dims["attention_mask"][0]
+    assert (dims["input_ids"][0].min, dims["input_ids"][0].max) == (1, 256)
+    with pytest.raises(BackendUnavailable, match="takes 2 inputs"):
+        trt_dynamic_shapes(TwoInputs(), 3, (1, 8))
+
+
+def test_tensorrt_precision_is_asked_for_the_way_the_installed_release_takes_it() -> None:
+    explicit = trt_compile_settings({"use_explicit_typing", "enabled_precisions"})
+    assert explicit == {"min_block_size": 1, "use_explicit_typing": True}
+    older = trt_compile_settings({"enabled_precisions", "min_block_size"})
+    assert older == {"min_block_size": 1, "enabled_precisions": {torch.float16}}
+
+
+def test_tensorrt_engine_key_names_the_gpu_and_library_versions() -> None:
+    versions = {"tensorrt": "10.9.0", "torch_tensorrt": "2.14.0", "torch": "2.14.0"}
+    base = {
+        "sha256": "ab" * 32,
+        "gpu": "NVIDIA H200",
+        "capability": "90",
+        "versions": versions,
+        "buckets": (1, 8, 32, 128, 256),
+    }
+    key = trt_engine_key(**base)
+    assert key.startswith("nvidia-h200-sm90-trt10.9.0-fp16-") and "/" not in key
+    assert trt_engine_key(**base) == key  # deterministic
+    others = [
+        {"gpu": "NVIDIA A100-SXM4-80GB", "capability": "80"},
+        {"versions": {**versions, "tensorrt": "10.10.0"}},
+        {"versions": {**versions, "torch": "2.15.0"}},
+        {"sha256": "cd" * 32},
+        {"buckets": (1, 8, 32)},
+    ]
+    assert len({key, *(trt_engine_key(**{**base, **o}) for o in others)}) == 1 + len(others)
+
+
+def test_tensorrt_engines_are_cached_in_the_version_folder(demo_record) -> None:  # type: ignore[no-untyped-def]
+    _, record = demo_record
+    target = tensorrt_target(record, get_architecture(record.architecture))
+    assert target.cache_dir == Path(record.artifact_uri) / "trt"  # <store>/demo/1/trt
+    assert target.buckets == (1, 8, 32, 128, 256) and target.example[0].shape == (1, 30)
+    assert target.sha256 == record.artifact_sha256
+
+
+class FakeTensorRT:
+    """TensorRTApi without TensorRT: 'compiling' returns the exported program as a module."""
+
+    saved: dict[str, nn.Module] = {}
+
+    def __init__(self, gpu: str = "NVIDIA H200") -> None:
+        self.compiled: list[tuple[Any, list[Any], dict[str, Any]]] = []
+        self.loaded: list[Path] = []
+        self._gpu = gpu
+
+    def versions(self) -> dict[str, str]:
+        return {"tensorrt": "10.9.0", "torch_tensorrt": "2.14.0", "torch": torch.__version__}
+
+    def gpu(self, device: str) -> tuple[str, str]:
+        return self._gpu, "90"
+
+    def compile_params(self) -> set[str]:
+        return {"use_explicit_typing", "min_block_size"}
+
+    def compile(self, program: Any, inputs: list[Any], settings: dict[str, Any]) -> nn.Module:
+        self.compiled.append((program, inputs, settings))
+        return program.module()
+
+    def save(self, engine: Any, path: Path, example: Any, dynamic_shapes: Any) -> None:
+        path.write_bytes(b"engine " + path.name.encode())
+        FakeTensorRT.saved[path.read_bytes().decode()] = engine
+
+    def load(self, path: Path) -> nn.Module:
+        self.loaded.append(path)
+        return FakeTensorRT.saved[path.read_bytes().decode()]
+
+
+def test_tensorrt_builds_once_then_loads_the_cached_engine(demo_record) -> None:  # type: ignore[no-untyped-def]
+    _, record = demo_record
+    architecture = get_architecture(record.architecture)
+    target = tensorrt_target(record, architecture)
+    rows = [r["inputs"] for r in demo_requests(100)]
+    batch = architecture.prepare(rows, record.config)
+    eager = load_model(record, backend="eager")
+    with torch.inference_mode():
+        expected = eager.runner(*batch)
+
+    def fresh_module() -> nn.Module:
+        return load_model(record, backend="eager").module
+
+    first = FakeTensorRT()
+    runner = build_tensorrt_runner(fresh_module(), "cpu", target, first)
+    program, specs, settings = first.compiled[0]
+    assert settings == {"min_block_size": 1, "use_explicit_typing": True}
+    assert [(s.min_shape, s.max_shape, s.dtype) for s in specs] == [
+        ((1, 30), (256, 30), torch.float16)
+    ]
+    assert [str(v) for v in program.range_constraints.values()] == ["VR[1, 256]"]
+    engines = sorted((target.cache_dir or Path()).glob("*.pt2"))
+    assert [p.stem for p in engines] == [
+        trt_engine_key(
+            sha256=record.artifact_sha256,
+            gpu="NVIDIA H200",
+            capability="90",
+            versions=first.versions(),
+            buckets=target.buckets,
+        )
+    ]
+    assert engines[0].with_suffix(".json").is_file()
+    with torch.inference_mode():
+        out = runner(*batch)
+    assert out.dtype == torch.float32 and out.shape == expected.shape
+    assert torch.allclose(torch.softmax(out, 1), torch.softmax(expected, 1), atol=0.02)
+
+    second = FakeTensorRT()
+    build_tensorrt_runner(fresh_module(), "cpu", target, second)
+    assert second.compiled == [] and second.loaded == engines  # no rebuild
+
+    engines[0].write_bytes(b"engine truncated")  # not what was recorded: built again
+    third = FakeTensorRT()
+    build_tensorrt_runner(fresh_module(), "cpu", target, third)
+    assert len(third.compiled) == 1 and third.loaded == []
+
+    other_gpu = FakeTensorRT(gpu="NVIDIA L4")  # another GPU: another engine beside it
+    build_tensorrt_runner(fresh_module(), "cpu", target, other_gpu)
+    assert len(other_gpu.compiled) == 1
+    assert len(list((target.cache_dir or Path()).glob("*.pt2"))) == 2

@@ -13,9 +13,17 @@ from torch import nn
 
 from workers.runtime.artifacts import save_artifact
 from workers.runtime.models.demo.architecture import TabularMLP
+from workers.runtime.provenance import code_version, data_sha256
 
 HIDDEN = [512, 512]
 LABELS = ["malignant", "benign"]
+LEARNING_RATE = 1e-3
+BATCH_SIZE = 64
+TRAIN_FRACTION = 0.8
+# The train/held-out split is the same for every seed (the seed varies the initial weights
+# and the batch order): a version is then never compared with another on rows that the
+# other was trained on.
+SPLIT_SEED = 0
 
 
 def load_dataset() -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -30,27 +38,29 @@ def load_dataset() -> tuple[list[str], np.ndarray, np.ndarray]:
 def train(
     seed: int = 0, epochs: int = 60, hidden: list[int] | None = None
 ) -> tuple[TabularMLP, dict[str, Any]]:
-    """Train on 80% of the data; return the module and its manifest (with held-out accuracy)."""
+    """Train on 80% of the data (the same 80% for every seed); return the module and its
+    manifest (with held-out accuracy and what made it)."""
     torch.manual_seed(seed)
     names, x, y = load_dataset()
-    order = np.random.default_rng(seed).permutation(len(x))
-    cut = int(0.8 * len(x))
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
+    cut = int(TRAIN_FRACTION * len(x))
     train_idx, test_idx = order[:cut], order[cut:]
     model = TabularMLP(len(names), hidden or HIDDEN, len(LABELS))
     model.mean.copy_(torch.from_numpy(x[train_idx].mean(0)))
     model.std.copy_(torch.from_numpy(x[train_idx].std(0) + 1e-6))
     xt, yt = torch.from_numpy(x[train_idx]), torch.from_numpy(y[train_idx])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(epochs):
         for batch in torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed)).split(
-            64
+            BATCH_SIZE
         ):
             opt.zero_grad()
             loss_fn(model(xt[batch]), yt[batch]).backward()
             opt.step()
     model.eval()
     with torch.no_grad():
+        train_loss = float(loss_fn(model(xt), yt))
         held_out = (model(torch.from_numpy(x[test_idx])).argmax(1).numpy() == y[test_idx]).mean()
     manifest = {
         "validation_set": _validation_set(names, x[test_idx], y[test_idx], seed),
@@ -62,7 +72,29 @@ def train(
             n: {"mean": float(x[:, i].mean()), "std": float(x[:, i].std())}
             for i, n in enumerate(names)
         },
-        "training": {"seed": seed, "epochs": epochs, "held_out_accuracy": float(held_out)},
+        "training": {
+            "seed": seed,
+            "epochs": epochs,
+            "held_out_accuracy": float(held_out),
+            "data": {
+                "source": "sklearn.datasets.load_breast_cancer",
+                "sha256": data_sha256(x[train_idx], y[train_idx]),
+                "rows": int(cut),
+                "held_out_rows": int(len(x) - cut),
+                "split_seed": SPLIT_SEED,
+            },
+            "hyperparameters": {
+                "hidden": list(hidden or HIDDEN),
+                "optimizer": "adam",
+                "learning_rate": LEARNING_RATE,
+                "batch_size": BATCH_SIZE,
+                "epochs": epochs,
+                "seed": seed,
+                "train_fraction": TRAIN_FRACTION,
+            },
+            "metrics": {"held_out_accuracy": float(held_out), "train_loss": round(train_loss, 6)},
+            "code_version": code_version(),
+        },
     }
     return model, manifest
 

