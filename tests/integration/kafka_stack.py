@@ -73,12 +73,18 @@ class KafkaStack:
         registry.register(self.engine(), self.store, "demo", artifact)
 
     def start(
-        self, name: str, *argv: str, extra_env: dict[str, str] | None = None
+        self,
+        name: str,
+        *argv: str,
+        extra_env: dict[str, str] | None = None,
+        python: bool = False,
     ) -> subprocess.Popen[bytes]:
-        """`scoring stream` (or another command) as a process of its own, named `name`."""
+        """`scoring stream` (or another command; with `python`, argv goes to the
+        interpreter itself) as a process of its own, named `name`."""
         log = (self.logs / f"{name}.log").open("wb")
+        command = [*argv] if python else ["-m", "scoring.cli", *(argv or ("stream",))]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "scoring.cli", *(argv or ("stream",))],
+            [sys.executable, *command],
             env={**self.env, "SCORING_WORKER_NAME": name, **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -79,6 +79,9 @@ def open_worker(
         topics or StreamTopics.from_settings(kafka),
         max_poll_interval_ms=kafka.max_poll_interval_ms,
         backoff_s=settings.database.retry_backoff_s,
+        probe_factory=lambda: KafkaConsumer(
+            **{**kafka.consumer_config(), "group_id": None, "client_id": "scoring-probe"}
+        ),
     )
     worker.subscribe()
     return worker

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +27,7 @@ from schemas import names as c
 from schemas.settings import KafkaSettings
 from workers.sources.base import Outcome, Scorer, Ticket, WorkItem, settled_ok
 from workers.sources.kafka.offsets import OffsetBook
+from workers.sources.kafka.undecodable import DECODE_ERRORS, skip_undecodable
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class StreamWorker:
         max_poll_interval_ms: int = 300_000,
         backoff_s: float = 0.5,
         depth: int = 2,
+        probe_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.service = service
         self.consumer = consumer
@@ -124,6 +126,7 @@ class StreamWorker:
         self.max_poll_interval_ms = max_poll_interval_ms
         self.backoff_s = backoff_s
         self.depth = depth  # polls in flight: 2 lets the next poll score while one publishes
+        self.probe_factory = probe_factory  # a group-less consumer, to find undecodable records
         self.book = OffsetBook()
         self.stats = StreamStats()
         self._in_flight: deque[_Batch] = deque()
@@ -156,7 +159,11 @@ class StreamWorker:
         batches are published without waiting for each other. Returns records polled.
         """
         timeout = POLL_WHILE_SCORING_MS if self._in_flight else self.poll_timeout_ms
-        polled = self.consumer.poll(timeout_ms=timeout)
+        try:
+            polled = self.consumer.poll(timeout_ms=timeout)
+        except DECODE_ERRORS as exc:
+            self._skip_undecodable(exc)
+            polled = {}
         records = [r for batch in polled.values() for r in batch]
         if records:
             for record in records:
@@ -170,6 +177,23 @@ class StreamWorker:
             self._finish(self._in_flight.popleft())
         self.commit()  # also retries a commit that failed earlier
         return len(records)
+
+    def _skip_undecodable(self, exc: Exception) -> None:
+        """Dead-letter the record kafka-python could not decode and move past it; without
+        a probe (test doubles) the error is raised."""
+        if self.probe_factory is None:
+            raise exc
+        skipped = skip_undecodable(
+            self.consumer, self.producer, self.topics.dead_letters, self.probe_factory
+        )
+        if skipped is None:
+            log.warning("a poll failed to decode (%s) but no partition reproduces it", exc)
+            self._failures += 1
+            return
+        tp, offset = skipped
+        self.book.received(tp, offset)
+        self.book.finished(tp, offset, ok=True)
+        self.stats.dead += 1
 
     def drain(self) -> None:
         """Finish every batch in flight and commit them (on stop)."""
