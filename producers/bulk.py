@@ -1,11 +1,13 @@
-"""Bulk jobs: stream a file into chunked task messages, record the run, follow its progress."""
+"""Bulk jobs: stream a file into chunked task messages, record the run and its ledger of
+chunks, resume a run cut short, follow its progress and publish again what went missing."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,9 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import col
 
 from producers.bulk_columns import read_slices, typed_chunks
-from producers.file_readers import coerce_row, detect_format, iter_rows
+from producers.bulk_inputs import BulkInput
+from producers.bulk_ledger import Ledger, incomplete_chunks, mark_republished
+from producers.file_readers import coerce_row, iter_rows
 from producers.redis_producer import RedisProducer
 from schemas import names as c
 from schemas.chunks import max_label_chars
@@ -24,7 +28,10 @@ from schemas.tables import BulkDuplicate, BulkRun, ModelVersion, ScoreResult, ut
 from schemas.wire import DEFAULT_MAX_METADATA_BYTES, usable_request_id
 
 MAX_REJECTIONS_KEPT = 20
+MAX_REPAIRS = 4  # rounds of re-publishing a silent run's incomplete chunks
 TYPED_BLOCK_CHUNKS = 16  # chunks typed by Arrow in one pass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,64 +47,187 @@ class BulkOptions:
 def enqueue_file(
     app: Celery,
     engine: Engine,
-    path: Path,
+    path: Path | BulkInput,
     model: ModelVersion,
     options: BulkOptions,
     on_chunk: Callable[[int], None] | None = None,
 ) -> BulkRun:
-    """Record a run, then publish the file's rows in chunks of `chunk_size` rows.
+    """Record a run (with the input's size and sha256 and the options, so that it can be
+    resumed), then publish the input's rows in chunks of `chunk_size` rows.
 
     Every row goes out, good or bad (the worker records the reason for a bad one), except
     rows that cannot even be keyed (a missing or unusable id, a CSV line with the wrong
     number of fields): those are counted as rejected on the run with their reasons.
     """
+    source = path if isinstance(path, BulkInput) else BulkInput.parse(path)
+    size, sha256 = source.identity()
     run = BulkRun(
         id=uuid.uuid4().hex[:12],
-        input=str(path),
+        input=source.describe(),
+        input_bytes=size,
+        input_sha256=sha256,
+        options={**asdict(options), "input": {"kind": source.kind, "location": source.location}},
         model_name=model.name,
         model_version=model.version,
         status=c.RUN_ENQUEUING,
     )
     with session_scope(engine) as session:
         session.add(run)
+    return _publish(app, engine, run, source, model, options, on_chunk)
+
+
+def resume(
+    app: Celery,
+    engine: Engine,
+    run_id: str,
+    on_chunk: Callable[[int], None] | None = None,
+    url: str | None = None,
+) -> BulkRun:
+    """Publish the chunks of a run that its ledger lacks (a producer killed half-way, a
+    failed enqueue), from the same input: refused when it is not the same bytes. A run
+    that reads a query needs its database `url` again (it is never recorded)."""
+    run, source, model, options = _recorded(engine, run_id, url)
+    if run.status == c.RUN_DONE:
+        raise ValueError(f"run {run_id} is done: nothing to resume")
+    with session_scope(engine) as session:
+        row = session.get(BulkRun, run_id)
+        assert row is not None
+        row.status, row.error = c.RUN_ENQUEUING, None
+        session.add(row)
+    return _publish(app, engine, run, source, model, options, on_chunk, Ledger(engine, run_id))
+
+
+def queued(app: Celery) -> int:
+    """Messages waiting on the app's requests queue."""
+    return RedisProducer(app).depth()
+
+
+def republish(
+    app: Celery, engine: Engine, run_id: str, seqs: list[int], url: str | None = None
+) -> int:
+    """Publish again the chunks `seqs` of a run (read again from its input); rows sent."""
+    _, source, model, options = _recorded(engine, run_id, url)
+    wanted, sent = set(seqs), 0
+    producer = RedisProducer(app)
+    for seq, message in enumerate(_messages(source, model, options, run_id, [])):
+        if seq in wanted:
+            sent += _send(producer, message, model, options, run_id, seq)
+    mark_republished(engine, run_id, sorted(wanted))
+    return sent
+
+
+def _recorded(
+    engine: Engine, run_id: str, url: str | None = None
+) -> tuple[BulkRun, BulkInput, ModelVersion, BulkOptions]:
+    """A run's record, its input (checked to be the same bytes), model and options."""
+    with session_scope(engine) as session:
+        run = session.get(BulkRun, run_id)
+        if run is None:
+            raise ValueError(f"no bulk run {run_id!r}; see `scoring status`")
+        model = session.scalars(
+            select(ModelVersion).where(
+                col(ModelVersion.name) == run.model_name,
+                col(ModelVersion.version) == run.model_version,
+            )
+        ).first()
+    if run.options is None or run.input_sha256 is None:
+        raise ValueError(f"run {run_id} was recorded without its input's identity")
+    if model is None:
+        raise ValueError(f"run {run_id}: {run.model_name} v{run.model_version} is not registered")
+    recorded = dict(run.options)
+    where = recorded.pop("input", None) or {"kind": None, "location": run.input}
+    if where["kind"] == "sql":
+        if not url:
+            raise ValueError(f"run {run_id} reads a query: give its database with --from URL")
+        source = BulkInput.query(where["location"], url)
+    else:
+        try:
+            source = BulkInput.parse(where["location"])
+        except ValueError as exc:
+            raise ValueError(f"run {run_id}: its input is gone ({exc})") from None
+    if source.identity() != (run.input_bytes, run.input_sha256):
+        raise ValueError(
+            f"run {run_id}: {source.describe()} changed since the run started (size or "
+            "sha256 differ); start a new run"
+        )
+    return run, source, model, BulkOptions(**recorded)
+
+
+def _publish(
+    app: Celery,
+    engine: Engine,
+    run: BulkRun,
+    source: BulkInput,
+    model: ModelVersion,
+    options: BulkOptions,
+    on_chunk: Callable[[int], None] | None,
+    ledger: Ledger | None = None,
+) -> BulkRun:
+    """Publish every chunk the ledger lacks, recording each after the broker took it."""
+    ledger = ledger or Ledger(engine, run.id)
+    published = ledger.published()
     producer = RedisProducer(app)
     rejections: list[str] = []
     enqueued = 0
     try:
-        for message in _messages(path, model, options, run.id, rejections):
-            if isinstance(message, pa.RecordBatch):
-                enqueued += producer.send_chunk(
-                    message,
-                    model=model.name,
-                    model_version=model.version,
-                    deadline_ms=options.deadline_ms,
-                    source=c.SOURCE_BULK,
-                    bulk_run_id=run.id,
-                )
-            else:
-                enqueued += producer.send(
-                    message,
-                    per_message=options.chunk_size,
-                    source=c.SOURCE_BULK,
-                    bulk_run_id=run.id,
-                    validate=False,
-                )
+        for seq, message in enumerate(_messages(source, model, options, run.id, rejections)):
+            if seq in published:
+                enqueued += len(message) if isinstance(message, list) else message.num_rows
+                continue
+            rows = _send(producer, message, model, options, run.id, seq)
+            ledger.add(seq, rows)
+            enqueued += rows
             if on_chunk:
                 on_chunk(enqueued)
     except BaseException as exc:
-        _finish_enqueue(engine, run, enqueued, rejections, c.RUN_FAILED, repr(exc))
+        ledger.flush()
+        _finish_enqueue(engine, run, rejections, c.RUN_FAILED, repr(exc))
         raise
-    return _finish_enqueue(engine, run, enqueued, rejections, c.RUN_RUNNING, None)
+    ledger.flush()
+    return _finish_enqueue(engine, run, rejections, c.RUN_RUNNING, None)
+
+
+def _send(
+    producer: RedisProducer,
+    message: pa.RecordBatch | list[dict[str, Any]],
+    model: ModelVersion,
+    options: BulkOptions,
+    run_id: str,
+    seq: int,
+) -> int:
+    if isinstance(message, pa.RecordBatch):
+        return producer.send_chunk(
+            message,
+            model=model.name,
+            model_version=model.version,
+            deadline_ms=options.deadline_ms,
+            source=c.SOURCE_BULK,
+            bulk_run_id=run_id,
+            bulk_chunk=seq,
+        )
+    return producer.send(
+        message,
+        per_message=max(options.chunk_size, len(message)),
+        source=c.SOURCE_BULK,
+        bulk_run_id=run_id,
+        validate=False,
+        bulk_chunk=seq,
+    )
 
 
 def _messages(
-    path: Path, model: ModelVersion, options: BulkOptions, run_id: str, rejections: list[str]
+    source: Path | BulkInput,
+    model: ModelVersion,
+    options: BulkOptions,
+    run_id: str,
+    rejections: list[str],
 ) -> Iterator[pa.RecordBatch | list[dict[str, Any]]]:
-    """Chunks of `chunk_size` rows: by column where the file is CSV or Parquet and Arrow
-    types a chunk exactly as the row path would, else as request dicts."""
-    fmt = detect_format(path)
-    if fmt == "jsonl":
-        numbered = enumerate(iter_rows(path, fmt), start=1)
+    """Chunks of `chunk_size` rows: by column where the input is columnar and Arrow types
+    a chunk exactly as the row path would, else as request dicts."""
+    if not isinstance(source, BulkInput):
+        source = BulkInput.parse(source)
+    if not source.columnar:
+        numbered = enumerate(iter_rows(Path(source.location), source.kind), start=1)
         yield from _chunks(_requests(numbered, model, options, run_id, rejections), options)
         return
     schema = dict(model.input_schema)
@@ -105,9 +235,7 @@ def _messages(
     columns = list(dict.fromkeys(wanted))
     label_chars = max_label_chars(options.max_metadata_bytes)
     typing = (schema, run_id, options.id_column, options.label_column, label_chars)
-    for block in read_slices(
-        path, fmt, columns, TYPED_BLOCK_CHUNKS * options.chunk_size, rejections
-    ):
+    for block in read_slices(source, columns, TYPED_BLOCK_CHUNKS * options.chunk_size, rejections):
         for chunk in typed_chunks(block, options.chunk_size, *typing):
             if isinstance(chunk, pa.RecordBatch):
                 yield chunk
@@ -168,16 +296,16 @@ def _chunks(
 def _finish_enqueue(
     engine: Engine,
     run: BulkRun,
-    enqueued: int,
     rejections: list[str],
     status: str,
     error: str | None,
 ) -> BulkRun:
+    """The run's counts once every chunk went out: enqueued rows are the ledger's."""
     with session_scope(engine) as session:
         row = session.get(BulkRun, run.id)
         assert row is not None
-        row.enqueued_rows, row.rejected_rows = enqueued, len(rejections)
-        row.total_rows = enqueued + len(rejections)
+        row.rejected_rows = len(rejections)
+        row.total_rows = row.enqueued_rows + len(rejections)
         row.status, row.enqueued_at = status, utcnow()
         kept = rejections[:MAX_REJECTIONS_KEPT]
         row.error = error or ("\n".join(kept) if kept else None)
@@ -214,17 +342,56 @@ def wait(
     on_progress: Callable[[int, int], None] | None = None,
     poll_s: float = 0.5,
     stall_timeout_s: float | None = None,
+    repair: Callable[[list[int]], int] | None = None,
+    lease_s: float = 120.0,
+    queued: Callable[[], int] = lambda: 0,
 ) -> bool:
-    """Block until every enqueued row has a result; False if progress stalls that long."""
+    """Block until every enqueued row has a result; False if progress stalls for
+    `stall_timeout_s`.
+
+    With `repair` (see `republish`), a run that has been silent for `lease_s`, whose
+    chunks are all out and whose queue is empty (`queued`: a message a dead worker held
+    is back on the queue once its lease ends) gets its incomplete chunks published again:
+    messages lost outside our control (a Redis restarted without its AOF, a queue purged
+    by hand). The lease doubles each time, so a chunk that is slow rather than lost costs
+    at most a few extra deliveries, which the upsert turns into nothing; while workers
+    are down the queue is not empty, and nothing is published twice."""
     last_done, last_change = -1, time.monotonic()
+    repairs = 0
     while True:
         done, total = progress(engine, run_id)
         if on_progress:
             on_progress(done, total)
-        if done >= total:
+        if done >= total and _enqueued(engine, run_id):
             return True
+        now = time.monotonic()
         if done != last_done:
-            last_done, last_change = done, time.monotonic()
-        elif stall_timeout_s and time.monotonic() - last_change > stall_timeout_s:
+            last_done, last_change = done, now
+        elif stall_timeout_s and now - last_change > stall_timeout_s:
             return False
+        elif (
+            repair is not None
+            and repairs < MAX_REPAIRS
+            and now - last_change > lease_s * 2**repairs
+            and _enqueued(engine, run_id)
+            and queued() == 0
+        ):
+            missing = incomplete_chunks(engine, run_id)
+            if missing:
+                log.warning(
+                    "run %s: no progress for %.0f s; publishing %d incomplete chunks again",
+                    run_id,
+                    now - last_change,
+                    len(missing),
+                )
+                repair(missing)
+            repairs += 1
+            last_change = now
         time.sleep(poll_s)
+
+
+def _enqueued(engine: Engine, run_id: str) -> bool:
+    """Whether the producer is done with the run (one still enqueuing is not repaired)."""
+    with session_scope(engine) as session:
+        run = session.get(BulkRun, run_id)
+        return run is not None and run.status != c.RUN_ENQUEUING

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from producers.bulk_inputs import BulkInput
 from producers.file_readers import MAX_NUMBER_CHARS
 from schemas.chunks import LABEL_COLUMN, REQUEST_ID_COLUMN, max_label_chars
 from schemas.wire import usable_request_id
@@ -33,12 +34,16 @@ class Slice:
 
 
 def read_slices(
-    path: Path, fmt: str, columns: list[str], size: int, rejections: list[str]
+    source: BulkInput, columns: list[str], size: int, rejections: list[str]
 ) -> Iterator[Slice]:
-    """The named columns (nulls where the file lacks one), `size` rows at a time (the
+    """The named columns (nulls where the input lacks one), `size` rows at a time (the
     last may be shorter). CSV values stay text, as in the row path; a CSV line with the
     wrong number of fields is recorded in `rejections` and skipped."""
-    batches = _csv_batches(path, columns, rejections) if fmt == "csv" else _parquet(path, columns)
+    batches = (
+        _csv_batches(Path(source.location), columns, rejections)
+        if source.kind == "csv"
+        else source.batches(columns)
+    )
     first, pending, held = 1, [], 0
     for batch in batches:
         pending.append(batch)
@@ -84,18 +89,6 @@ def _csv_batches(path: Path, columns: list[str], rejections: list[str]) -> Itera
         ),
     )
     yield from reader
-
-
-def _parquet(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    import pyarrow.parquet as pq
-
-    with pq.ParquetFile(path) as parquet:
-        present = [c for c in columns if c in parquet.schema_arrow.names]
-        for batch in parquet.iter_batches(batch_size=8192, columns=present):
-            arrays = [
-                batch.column(c) if c in present else pa.nulls(batch.num_rows) for c in columns
-            ]
-            yield pa.RecordBatch.from_arrays(arrays, names=columns)
 
 
 def typed_chunks(

@@ -34,6 +34,7 @@ class RedisProducer:
         source: str = c.SOURCE_REDIS,
         bulk_run_id: str | None = None,
         validate: bool = True,
+        bulk_chunk: int | None = None,
     ) -> int:
         """Validate (unless told not to) and publish; returns how many requests were sent.
 
@@ -50,6 +51,7 @@ class RedisProducer:
                     kwargs={
                         "source": source,
                         "bulk_run_id": bulk_run_id,
+                        **({"bulk_chunk": bulk_chunk} if bulk_chunk is not None else {}),
                         "enqueued_at": time.time(),
                     },
                     queue=self.queue,
@@ -68,6 +70,7 @@ class RedisProducer:
         deadline_ms: int | None = None,
         source: str = c.SOURCE_BULK,
         bulk_run_id: str | None = None,
+        bulk_chunk: int | None = None,
     ) -> int:
         """Publish one columnar chunk (schemas/chunks.py) of a pinned model version; returns
         its row count. The worker checks every row, so nothing is validated here."""
@@ -81,12 +84,25 @@ class RedisProducer:
                 "deadline_ms": deadline_ms,
                 "source": source,
                 "bulk_run_id": bulk_run_id,
+                "bulk_chunk": bulk_chunk,
                 "enqueued_at": time.time(),
             },
             queue=self.queue,
             priority=_kombu_priority([{}]),  # a bulk row's priority is the default
         )
         return rows.num_rows
+
+    def depth(self) -> int:
+        """Messages waiting on the queue, every priority step (kombu's passive declare);
+        0 when the broker does not know the queue yet."""
+        from kombu.exceptions import ChannelError
+
+        with self.app.connection_for_read() as conn:
+            try:
+                declared = conn.default_channel.queue_declare(queue=self.queue, passive=True)
+            except ChannelError:
+                return 0
+            return int(declared.message_count)
 
 
 def _as_dict(request: ScoreRequest | dict[str, Any], validate: bool) -> dict[str, Any]:

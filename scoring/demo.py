@@ -94,7 +94,7 @@ def run_demo(
             f"run {run.id}: {run.enqueued_rows:,} rows enqueued in "
             f"{time.perf_counter() - started:.1f}s"
         )
-        follow(engine, run.id)
+        follow(engine, run.id, app, settings.batching.bulk_lease_s)
     process.close()
     summary = summarize(engine, run.id)
     print_summary(summary)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -10,14 +9,17 @@ import typer
 from scoring.cli.common import console, engine, fail, settings
 
 if TYPE_CHECKING:
+    from celery import Celery
     from sqlalchemy import Engine
 
     from producers.run_summary import RunSummary
 
 
 def bulk(
-    file: Path = typer.Argument(
-        None, exists=True, dir_okay=False, help="CSV, Parquet or JSON-lines file."
+    file: str = typer.Argument(
+        None,
+        help="A CSV, Parquet or JSON-lines file, or a directory or glob of Parquet files.",
+        show_default=False,
     ),
     model: str = typer.Option(None, "--model", help="Registered model name."),
     version: int = typer.Option(None, "--version", help="Model version (default: active)."),
@@ -28,20 +30,47 @@ def bulk(
     ),
     wait: bool = typer.Option(False, "--wait", help="Show progress until every row is scored."),
     status: str = typer.Option(None, "--status", help="Show the progress of run RUN_ID."),
+    resume: str = typer.Option(
+        None, "--resume", help="Publish what run RUN_ID's ledger lacks, from the same input."
+    ),
+    sql: str = typer.Option(None, "--sql", help="Score the rows of this query instead of FILE."),
+    from_url: str = typer.Option(
+        None, "--from", help="The database URL the --sql query runs on (never recorded)."
+    ),
 ) -> None:
-    """Stream FILE into chunked requests on Redis and record a bulk run."""
+    """Stream FILE (or a query's rows) into chunked requests on Redis and record a bulk run."""
     if status:
         _show_progress(status)
         return
-    if file is None or model is None:
-        fail("give a FILE and --model NAME (or --status RUN_ID)")
     from producers import bulk as bulk_jobs
     from producers.run_summary import summarize
     from schemas.broker import celery_app
-    from workers.runtime import registry
 
     s = settings()
     db = engine()
+    app = celery_app(s.broker)
+    if resume:
+        try:
+            run = bulk_jobs.resume(app, db, resume, url=from_url)
+        except ValueError as exc:
+            fail(str(exc))
+        console.print(f"run {run.id}: resumed, {run.enqueued_rows} rows enqueued in all")
+        if wait:
+            follow(db, run.id, app, s.batching.bulk_lease_s, from_url)
+            print_summary(summarize(db, run.id))
+        return
+    if (file is None) == (sql is None) or model is None:
+        fail("give a FILE or --sql QUERY --from URL, and --model NAME (or --status / --resume)")
+    if sql is not None and not from_url:
+        fail("--sql needs --from URL: the database the query runs on")
+    from producers.bulk_inputs import BulkInput
+    from workers.runtime import registry
+
+    try:
+        source = BulkInput.parse(file) if file is not None else BulkInput.query(sql, from_url)
+    except ValueError as exc:
+        fail(str(exc))
+
     record = registry.get_version(db, model, version)
     options = bulk_jobs.BulkOptions(
         chunk_size=chunk_size or s.batching.chunk_size,
@@ -50,7 +79,7 @@ def bulk(
         max_metadata_bytes=s.limits.max_metadata_bytes,
     )
     try:
-        run = bulk_jobs.enqueue_file(celery_app(s.broker), db, file, record, options)
+        run = bulk_jobs.enqueue_file(app, db, source, record, options)
     except ValueError as exc:
         fail(str(exc))
     console.print(
@@ -59,12 +88,19 @@ def bulk(
     )
     if not wait:
         return
-    follow(db, run.id)
+    follow(db, run.id, app, s.batching.bulk_lease_s, from_url)
     print_summary(summarize(db, run.id))
 
 
-def follow(db: Engine, run_id: str) -> None:
-    """A progress bar until the run has a result for every enqueued row."""
+def follow(
+    db: Engine,
+    run_id: str,
+    app: Celery | None = None,
+    lease_s: float = 120.0,
+    url: str | None = None,
+) -> None:
+    """A progress bar until the run has a result for every enqueued row; with `app`,
+    chunks that went missing are published again once the run is silent for `lease_s`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from producers import bulk as bulk_jobs
@@ -79,7 +115,14 @@ def follow(db: Engine, run_id: str) -> None:
     ) as bar:
         task = bar.add_task(f"scoring {run_id}", total=None)
         bulk_jobs.wait(
-            db, run_id, lambda done, total: bar.update(task, completed=done, total=total)
+            db,
+            run_id,
+            lambda done, total: bar.update(task, completed=done, total=total),
+            repair=None
+            if app is None
+            else lambda seqs: bulk_jobs.republish(app, db, run_id, seqs, url),
+            lease_s=lease_s,
+            queued=(lambda: 0) if app is None else lambda: bulk_jobs.queued(app),
         )
 
 

@@ -26,6 +26,7 @@ def result_row(
     began: datetime | None = None,
     inference_ms: float | None = None,
     scored_at: datetime | None = None,
+    bulk_chunk: int | None = None,
 ) -> dict[str, Any]:
     """One score_results row; `began` is when its model call started (for queue_ms)."""
     return {
@@ -38,6 +39,7 @@ def result_row(
         "error": error,
         "source": source,
         "bulk_run_id": bulk_run_id,
+        "bulk_chunk": bulk_chunk,
         "metadata": metadata,
         "enqueued_at": enqueued_at,
         "scored_at": scored_at or utcnow(),

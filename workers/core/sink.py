@@ -135,6 +135,7 @@ class ResultSink:
                 "model_name": r["model_name"],
                 "model_version": r["model_version"],
                 "existing_run_id": existing.get(tuple(r[k] for k in RESULT_KEY)),
+                "chunk": r.get("bulk_chunk"),
             }
             for r in skipped
             if existing.get(tuple(r[k] for k in RESULT_KEY)) != r["bulk_run_id"]

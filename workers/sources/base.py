@@ -39,6 +39,7 @@ class WorkItem:
     reason: str | None = None  # why it is DEAD or RETRY
     result: dict[str, Any] | None = None  # the result row written for it (sources publish it)
     attempt: int = 1  # deliveries so far, counted by the source (brokers do not count)
+    bulk_chunk: int | None = None  # the chunk's number in its bulk run (the run's ledger)
 
 
 class Ticket(Protocol):

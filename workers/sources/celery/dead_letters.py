@@ -55,5 +55,6 @@ def dead_letter_body(item: WorkItem) -> dict[str, Any]:
         "source": item.source,
         "payload": payload,
         "bulk_run_id": item.bulk_run_id,
+        "bulk_chunk": item.bulk_chunk,
         "at": utcnow().isoformat(),
     }

@@ -46,16 +46,17 @@ class CelerySource:
         (tokens) that could not be settled that way and must stay unacknowledged."""
         groups: dict[tuple[Any, ...], list[WorkItem]] = defaultdict(list)
         for item in retried(items):
-            groups[(id(item.token), item.attempt, item.source, item.bulk_run_id)].append(item)
+            key = (id(item.token), item.attempt, item.source, item.bulk_run_id, item.bulk_chunk)
+            groups[key].append(item)
         unsettled: list[Any] = []
-        for (_, attempt, source, run_id), failed in groups.items():
+        for (_, attempt, source, run_id, chunk), failed in groups.items():
             try:
                 if attempt >= MAX_ATTEMPTS:
                     for item in failed:
                         item.reason = f"gave up after {attempt} attempts: {item.reason}"
                         self.dead_letters(item)
                     continue
-                self._republish(failed, attempt, source, run_id)
+                self._republish(failed, attempt, source, run_id, chunk)
             except Exception as exc:  # noqa: BLE001 - the broker refused the write
                 log.error(
                     "could not re-publish %d requests (%s): their message stays unacknowledged",
@@ -66,12 +67,18 @@ class CelerySource:
         return unsettled
 
     def _republish(
-        self, failed: list[WorkItem], attempt: int, source: str, run_id: str | None
+        self,
+        failed: list[WorkItem],
+        attempt: int,
+        source: str,
+        run_id: str | None,
+        chunk: int | None = None,
     ) -> None:
         enqueued = failed[0].enqueued_at
         kwargs = {
             "source": source,
             "bulk_run_id": run_id,
+            "bulk_chunk": chunk,
             "attempt": attempt + 1,
             "enqueued_at": enqueued.timestamp() if enqueued else time.time(),
         }

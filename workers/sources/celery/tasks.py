@@ -69,6 +69,7 @@ def work_items(req: SimpleRequest) -> list[WorkItem]:
             token=req,
             size=p.size if isinstance(p, RowChunk) else 1,
             attempt=int(meta.get("attempt", 1)),
+            bulk_chunk=meta.get("bulk_chunk"),
         )
         for p in payloads
     ]
