@@ -216,6 +216,9 @@ class BatchingSettings(BaseSettings):
     max_wait_ms: float = Field(default=10.0, ge=0)
     # Bulk rows per task message.
     chunk_size: int = Field(default=256, ge=1)
+    # `scoring bulk --wait`: silence after which a run's incomplete chunks go out again
+    # (doubling each time); longer than a chunk can take, with a worker's lease on it.
+    bulk_lease_s: float = Field(default=120.0, gt=0)
 
 
 class LimitsSettings(BaseSettings):
