@@ -16,6 +16,7 @@ from celery import Celery
 
 from schemas import names as c
 from schemas.chunks import encode_chunk
+from schemas.task_repr import task_reprs
 from schemas.wire import ScoreRequest
 
 
@@ -45,18 +46,20 @@ class RedisProducer:
         with self.app.producer_or_acquire() as producer:
             for group in _chunks(requests, per_message):
                 payloads = [_as_dict(r, validate) for r in group]
+                kwargs = {
+                    "source": source,
+                    "bulk_run_id": bulk_run_id,
+                    **({"bulk_chunk": bulk_chunk} if bulk_chunk is not None else {}),
+                    "enqueued_at": time.time(),
+                }
                 self.app.send_task(
                     c.SCORE_TASK,
                     args=[payloads],
-                    kwargs={
-                        "source": source,
-                        "bulk_run_id": bulk_run_id,
-                        **({"bulk_chunk": bulk_chunk} if bulk_chunk is not None else {}),
-                        "enqueued_at": time.time(),
-                    },
+                    kwargs=kwargs,
                     queue=self.queue,
                     producer=producer,
                     priority=_kombu_priority(payloads),
+                    **task_reprs([payloads], kwargs),
                 )
                 sent += len(payloads)
         return sent
@@ -74,21 +77,23 @@ class RedisProducer:
     ) -> int:
         """Publish one columnar chunk (schemas/chunks.py) of a pinned model version; returns
         its row count. The worker checks every row, so nothing is validated here."""
+        kwargs = {
+            "chunk": encode_chunk(rows),
+            "model": model,
+            "model_version": model_version,
+            "deadline_ms": deadline_ms,
+            "source": source,
+            "bulk_run_id": bulk_run_id,
+            "bulk_chunk": bulk_chunk,
+            "enqueued_at": time.time(),
+        }
         self.app.send_task(
             c.SCORE_TASK,
             args=[],
-            kwargs={
-                "chunk": encode_chunk(rows),
-                "model": model,
-                "model_version": model_version,
-                "deadline_ms": deadline_ms,
-                "source": source,
-                "bulk_run_id": bulk_run_id,
-                "bulk_chunk": bulk_chunk,
-                "enqueued_at": time.time(),
-            },
+            kwargs=kwargs,
             queue=self.queue,
             priority=_kombu_priority([{}]),  # a bulk row's priority is the default
+            **task_reprs([], kwargs),
         )
         return rows.num_rows
 

@@ -1,5 +1,6 @@
 """Flower on the real broker: refuses to start without auth, answers 401 without it,
-and shows a running scoring worker."""
+shows a running scoring worker, and every task message it scored, summarised (never
+rows of input data)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_for
+from producers.redis_producer import RedisProducer
+from schemas.broker import celery_app
+from tests.helpers import demo_requests, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,15 +42,16 @@ def get(url: str, auth: str | None = None) -> tuple[int, bytes]:
         return 0, b""
 
 
-def test_flower_needs_auth_and_sees_the_worker(
-    redis_url: str, make_settings, tmp_path: Path
+def test_flower_needs_auth_and_sees_the_worker_and_every_task(
+    redis_url: str, make_settings, tmp_path: Path, demo_artifact: Path
 ) -> None:
-    s = make_settings()
+    s = make_settings(broker={"url": redis_url})
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SCORING_")},
         "SCORING_BROKER_URL": redis_url,
         "SCORING_REQUESTS_QUEUE": s.broker.requests_queue,
         "SCORING_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
+        "SCORING_MODEL_STORE": str(s.runtime.model_store),
     }
     refused = subprocess.run(
         [sys.executable, "-m", "scoring.cli", "flower"],
@@ -62,7 +66,7 @@ def test_flower_needs_auth_and_sees_the_worker(
     port, auth = free_port(), "ops:s3cret-pass"
     log = (tmp_path / "procs.log").open("w")
     subprocess.run(
-        [sys.executable, "-m", "scoring.cli", "db", "upgrade"],
+        [sys.executable, "-m", "scoring.cli", "models", "register", "demo", str(demo_artifact)],
         env=env,
         check=True,
         capture_output=True,
@@ -95,6 +99,29 @@ def test_flower_needs_auth_and_sees_the_worker(
             )
 
         wait_for(worker_listed, timeout=120, every=2)
+
+        messages, per_message = 12, 5
+        RedisProducer(celery_app(s.broker)).send(
+            demo_requests(messages * per_message, prefix="flower"), per_message=per_message
+        )
+
+        def tasks() -> dict[str, dict]:
+            status, body = get(base + "/api/tasks", auth)
+            return json.loads(body or b"{}") if status == 200 else {}
+
+        wait_for(
+            lambda: sum(t.get("state") == "SUCCESS" for t in tasks().values()) == messages,
+            timeout=120,
+            every=1,
+        )
+        seen = tasks()
+        assert len(seen) == messages
+        for task in seen.values():
+            assert task["name"] == "scoring.score"
+            assert task["worker"] and task["runtime"] is not None
+            assert task["args"].startswith("[5 requests, model demo, first 'flower-")
+            assert "inputs" not in task["args"] + task["kwargs"]  # a summary, not the rows
+            assert "'source': 'redis'" in task["kwargs"]
     finally:
         for proc in (flower, worker):
             proc.terminate()

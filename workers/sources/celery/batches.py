@@ -1,4 +1,5 @@
-"""celery-batches, changed so that a flush acknowledges only the messages that are settled.
+"""celery-batches, changed so that a flush acknowledges only the messages that are settled,
+and so that monitors see every task message.
 
 Stock celery-batches acknowledges every message of a flush when the task returns, even if
 it raised (celery-batches#17). The scoring task says which messages it could not settle
@@ -6,11 +7,19 @@ it raised (celery-batches#17). The scoring task says which messages it could not
 broker's writes both failing, say a full Redis under `noeviction`). Those are released
 locally instead: this worker forgets them, stops renewing their leases, and the broker
 redelivers them once their visibility timeout passes. Nothing is acknowledged unscored.
+
+celery-batches buffers messages through its own strategy, which sends none of the task
+events Celery's default strategy and pool send, so Flower's task list stayed empty. Here
+each message gets its own: `task-received` when it is buffered, `task-started` when its
+flush starts, and `task-succeeded` (with the runtime of its flush), `task-retried` (sent
+back to the queue) or `task-failed` (left unacknowledged) when the flush returns. They
+go out only when the worker sends task events (`--task-events`, the default here).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -29,21 +38,50 @@ class SettledBatches(Batches):
     def keep_unacked(self, request: SimpleRequest) -> None:
         self._unsettled.add(request.id)
 
+    def sent_back(self, request: SimpleRequest) -> None:
+        """The message's requests were re-published (a retry), and it is acknowledged."""
+        self._retried.add(request.id)
+
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 - Celery's name
+        buffer = self._buffer
+        put = buffer.put
+
+        def put_and_announce(request: Any) -> None:
+            put(request)
+            received(request)
+
+        buffer.put = put_and_announce
+        return super().Strategy(task, app, consumer)
+
     def flush(self, requests: Collection[Any]) -> Any:
         acks_early, acks_late = _partition(lambda r: bool(r.task.acks_late), requests)
         self._unsettled: set[str] = set()
+        self._retried: set[str] = set()
         serializable = ([SimpleRequest.from_request(r) for r in requests],)
+        started = time.monotonic()
+        for req in requests:
+            announce(req, "task-started")
 
         def on_accepted(pid: int, time_accepted: float) -> None:
             for req in acks_early:
                 req.acknowledge()
 
         def on_return(result: Any) -> None:
+            runtime = time.monotonic() - started
             for req in acks_late:
                 if req.id in self._unsettled:
                     release(req)
+                    announce(
+                        req,
+                        "task-failed",
+                        exception="left unacknowledged: neither stored nor sent back",
+                    )
                 else:
                     req.acknowledge()
+                    if req.id in self._retried:
+                        announce(req, "task-retried", exception="results not stored: sent back")
+                    else:
+                        announce(req, "task-succeeded", result="'scored'", runtime=runtime)
 
         return self._pool.apply_async(
             apply_batches_task,
@@ -51,6 +89,30 @@ class SettledBatches(Batches):
             accept_callback=on_accepted,
             callback=on_return,
         )
+
+
+def announce(request: Any, kind: str, **fields: Any) -> None:
+    """Send one task event; a monitor's trouble never stops scoring."""
+    try:
+        request.send_event(kind, **fields)
+    except Exception as exc:  # noqa: BLE001 - events are best effort, the message is not
+        log.debug("could not send %s for %s: %s", kind, request.id, exc)
+
+
+def received(request: Any) -> None:
+    """The event Celery's default strategy sends for each message it takes."""
+    announce(
+        request,
+        "task-received",
+        name=request.name,
+        args=request.argsrepr,
+        kwargs=request.kwargsrepr,
+        root_id=request.root_id,
+        parent_id=request.parent_id,
+        retries=request.request_dict.get("retries", 0),
+        eta=None,
+        expires=None,
+    )
 
 
 def release(request: Any) -> None:

@@ -19,6 +19,7 @@ from celery import Celery
 
 from schemas import names
 from schemas.settings import BrokerSettings
+from schemas.task_repr import task_reprs
 from workers.core.chunks import RowChunk
 from workers.sources.base import WorkItem, retried
 from workers.sources.celery.dead_letters import CeleryDeadLetters
@@ -96,6 +97,7 @@ class CelerySource:
                 args=args,
                 kwargs=message_kwargs,
                 countdown=min(2**attempt, 30),
+                **task_reprs(args, message_kwargs),
             )
         rows = sum(i.size for i in failed)
         log.warning("re-queued %d requests (attempt %d)", rows, attempt + 1)

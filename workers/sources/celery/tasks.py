@@ -18,7 +18,7 @@ from schemas import names
 from schemas.settings import BrokerSettings
 from workers.core.chunks import RowChunk
 from workers.core.pipeline import from_epoch
-from workers.sources.base import Scorer, WorkItem
+from workers.sources.base import Outcome, Scorer, WorkItem
 from workers.sources.celery.batches import SettledBatches
 from workers.sources.celery.prefetch import RowPrefetch
 from workers.sources.celery.source import CelerySource
@@ -43,8 +43,12 @@ def register_tasks(
         items = [item for req in requests for item in work_items(req)]
         prefetch.observe(len(requests), sum(item.size for item in items))
         scorer().submit(items).wait()
-        for request in source.settle(items):
+        unsettled = source.settle(items)
+        for request in unsettled:
             task.keep_unacked(request)
+        for request in {id(i.token): i.token for i in items if i.outcome is Outcome.RETRY}.values():
+            if request not in unsettled:
+                task.sent_back(request)
         return len(items)
 
     prefetch = RowPrefetch(score, broker.worker_hold_rows, broker.worker_prefetch)
