@@ -135,11 +135,16 @@ class StreamWorker:
     def subscribe(self) -> None:
         """Join the group once the topic's partitions are known: a first assignment made
         without them is followed at once by a second rebalance, which kafka-python 3 was
-        seen to leave unfinished (the member never got its partitions)."""
+        seen to leave unfinished (the member never got its partitions). The coordinator
+        records the partitions only from a metadata update that arrives after the
+        subscription, so one is fetched right after it (`topics()` always asks)."""
         known = getattr(self.consumer, "partitions_for_topic", None)
         if known is not None:
             known(self.topics.requests)
         self.consumer.subscribe([self.topics.requests], listener=_Rebalance(self))
+        refresh = getattr(self.consumer, "topics", None)
+        if refresh is not None:
+            refresh()
 
     def run(self, stop: threading.Event) -> StreamStats:
         """Poll and score until `stop` is set; batches in hand are finished and committed."""
