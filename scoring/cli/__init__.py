@@ -23,7 +23,7 @@ COMMANDS: dict[str, Lazy] = {
     "models": Lazy("scoring.cli.models:app", "The model registry."),
     "bulk": Lazy(
         "scoring.cli.bulk:bulk",
-        "Stream FILE into chunked requests on Redis and record a bulk run.",
+        "Stream FILE (or a query's rows) into chunked requests on Redis and record a bulk run.",
     ),
     "produce": Lazy(
         "scoring.cli.produce:produce", "Validate JSON-lines requests and publish them."
@@ -42,7 +42,7 @@ COMMANDS: dict[str, Lazy] = {
     ),
     "status": Lazy(
         "scoring.cli.status:status",
-        "Recent bulk runs and their progress, and Kafka consumer lag per partition.",
+        "Queues, Kafka lag, workers, model versions, recent traffic and bulk runs.",
     ),
     "bench": Lazy("scoring.cli.bench:app", "Benchmarks (JSON out, ratios vs baselines)."),
 }
