@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the local services need and nothing else: Debian packages (Redis,
-# PostgreSQL, kcat, a JRE, docker-compose) when missing, the Kafka broker's jars from Maven
+# PostgreSQL, kcat, a JRE, docker-compose, Chromium for the browser test) when missing, the Kafka broker's jars from Maven
 # Central into .services/kafka/libs (once per Kafka version), and the manifest checkers that
 # tests/deploy runs (kustomize, kubeconform: built from the Go module proxy into
 # .services/bin, once per version). Starting, probing and stopping the servers is Python:
@@ -18,6 +18,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v kcat >/dev/null || missing+=(kcat)
 command -v java >/dev/null || missing+=(default-jre-headless)
 command -v openssl >/dev/null || missing+=(openssl)
+# Headless Chromium: tests/integration/test_flower.py drives Flower's pages in a real browser.
+command -v chromium >/dev/null || missing+=(chromium)
 # Compose 1.29 (Debian's): `docker-compose config` validates docker-compose.yml, no engine needed.
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM" | head -n 1)

@@ -1,12 +1,13 @@
 """Flower on the real broker: refuses to start without auth, answers 401 without it,
 shows a running scoring worker, and every task message it scored, summarised (never
-rows of input data)."""
+rows of input data), also in a real browser (screenshots in test-artifacts/)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -40,6 +41,40 @@ def get(url: str, auth: str | None = None) -> tuple[int, bytes]:
         return exc.code, b""
     except OSError:
         return 0, b""
+
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def in_a_browser(base: str, auth: str, worker: str, out: Path) -> None:
+    """Headless Chromium (Debian's) loads the workers and tasks pages with credentials,
+    finds the worker and a scoring task on them and saves screenshots; without
+    credentials the page is refused."""
+    from playwright.sync_api import Error, sync_playwright
+
+    out.mkdir(exist_ok=True)
+    user, _, password = auth.partition(":")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        try:
+            anonymous = browser.new_context().new_page()
+            try:  # Chromium gives up on a 401 it has no credentials for
+                response = anonymous.goto(base + "/workers")
+                assert response is not None and response.status == 401
+            except Error as exc:
+                assert "ERR_INVALID_AUTH_CREDENTIALS" in str(exc)
+            page = browser.new_context(
+                http_credentials={"username": user, "password": password}
+            ).new_page()
+            page.goto(base + "/workers")
+            page.get_by_text(worker).first.wait_for(timeout=30_000)
+            page.screenshot(path=out / "flower-workers.png", full_page=True)
+            page.goto(base + "/tasks")
+            page.get_by_text("scoring.score").first.wait_for(timeout=30_000)
+            page.get_by_text("SUCCESS").first.wait_for(timeout=30_000)
+            page.screenshot(path=out / "flower-tasks.png", full_page=True)
+        finally:
+            browser.close()
 
 
 def test_flower_needs_auth_and_sees_the_worker_and_every_task(
@@ -122,6 +157,8 @@ def test_flower_needs_auth_and_sees_the_worker_and_every_task(
             assert task["args"].startswith("[5 requests, model demo, first 'flower-")
             assert "inputs" not in task["args"] + task["kwargs"]  # a summary, not the rows
             assert "'source': 'redis'" in task["kwargs"]
+        (worker_name,) = {task["worker"] for task in seen.values()}
+        in_a_browser(base, auth, worker_name, ARTIFACTS)
     finally:
         for proc in (flower, worker):
             proc.terminate()
