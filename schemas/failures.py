@@ -11,7 +11,15 @@ from schemas.redaction import redact
 
 def explain(exc: BaseException, settings: object | None = None) -> str | None:
     """The one-line message for an expected failure, or None for a bug (show it all)."""
-    for check in (_settings_error, _database_error, _broker_error, _kafka_error, _registry_error):
+    checks = (
+        _settings_error,
+        _database_error,
+        _broker_error,
+        _kafka_access_error,
+        _kafka_error,
+        _registry_error,
+    )
+    for check in checks:
         message = check(exc, settings)
         if message:
             return redact(message, _secrets(settings))
@@ -63,6 +71,12 @@ def _broker_error(exc: BaseException, settings: object) -> str | None:
     if not any(k in classes for k in known):
         return None
     return f"cannot reach the broker at {_url(settings, 'broker')}: {_first_line(exc)}"
+
+
+def _kafka_access_error(exc: BaseException, _: object) -> str | None:
+    if "schemas.kafka_access.KafkaAccessError" in _classes(exc):
+        return str(exc)
+    return None
 
 
 def _kafka_error(exc: BaseException, settings: object) -> str | None:

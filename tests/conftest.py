@@ -139,12 +139,33 @@ def kafka_bootstrap() -> str:
     return service_url("kafka", "SCORING_TEST_KAFKA_BOOTSTRAP", "kafka_bootstrap")
 
 
+@pytest.fixture(scope="session")
+def kafka_env(kafka_bootstrap: str) -> dict[str, str]:
+    """SCORING_KAFKA_* connection settings of the suite's Kafka: its SASL listener and the
+    `scoring` user (SCORING_TEST_KAFKA_SECURITY_PROTOCOL, _SASL_MECHANISM, _USERNAME,
+    _PASSWORD with SCORING_TEST_KAFKA_BOOTSTRAP for a broker of your own)."""
+    if os.environ.get("SCORING_TEST_KAFKA_BOOTSTRAP"):
+        keys = ("SECURITY_PROTOCOL", "SASL_MECHANISM", "USERNAME", "PASSWORD")
+        own = {f"SCORING_KAFKA_{k}": os.environ.get(f"SCORING_TEST_KAFKA_{k}") for k in keys}
+        return {"SCORING_KAFKA_BOOTSTRAP": kafka_bootstrap, **{k: v for k, v in own.items() if v}}
+    from deploy import services
+
+    return dict(services.endpoints(("kafka",)).kafka_env or {})
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(kafka_env: dict[str, str]) -> KafkaSettings:
+    """KafkaSettings that reach the suite's Kafka (with its credentials)."""
+    fields = {k.removeprefix("SCORING_KAFKA_").lower(): v for k, v in kafka_env.items()}
+    return KafkaSettings.model_validate(fields)
+
+
 @pytest.fixture
-def make_topic(kafka_bootstrap: str):  # type: ignore[no-untyped-def]
+def make_topic(kafka_settings: KafkaSettings):  # type: ignore[no-untyped-def]
     """Creates topics of this test's own (`prefix-<random>`, N partitions); deletes them after."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="scoring-tests")
+    admin = KafkaAdminClient(**kafka_settings.client_config(), client_id="scoring-tests")
     created: list[str] = []
 
     def factory(prefix: str = "test", partitions: int = 4) -> str:

@@ -33,9 +33,7 @@ def heartbeats(directory: Path) -> dict[str, float]:
 
 def queue_depth(settings: Settings) -> int:
     """Messages waiting on the requests queue (every priority step)."""
-    import redis
-
-    client = redis.Redis.from_url(settings.broker.broker_url(), socket_timeout=5)
+    client = settings.broker.redis_client(socket_timeout=5)
     queue = settings.broker.requests_queue
     keys = [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]
     return int(sum(client.llen(k) for k in keys))

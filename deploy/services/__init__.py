@@ -8,6 +8,11 @@ Installing the packages is deploy/install-packages.sh's job, not this module's.
 
 Ports: SCORING_TEST_REDIS_PORT (6379), SCORING_TEST_PG_PORT (5432),
 SCORING_TEST_KAFKA_PORT (9092; its controller uses the next port).
+
+Every service authenticates its clients: Redis ACL users `scoring` and `flower` (nobody
+logs in as `default`), the PostgreSQL role `scoring` (scram-sha-256), and Kafka's SASL
+listener (SCRAM-SHA-512, user `scoring`). The passwords are made once per checkout in
+.services/credentials.json (mode 600); `env` prints them as SCORING_* settings.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import os
 from dataclasses import dataclass
 
 from deploy.services.common import STATE, ServiceError, credentials, locked, log
-from deploy.services.kafka_server import KafkaServer
+from deploy.services.kafka_server import BROKER_USER, CLIENT_USER, KafkaServer
 from deploy.services.postgres_server import PostgresServer
 from deploy.services.redis_server import RedisServer
 
@@ -45,7 +50,12 @@ def postgres() -> PostgresServer:
 
 
 def kafka() -> KafkaServer:
-    return KafkaServer(port=_port("SCORING_TEST_KAFKA_PORT", 9092), directory=STATE / "kafka")
+    creds = credentials()
+    return KafkaServer(
+        port=_port("SCORING_TEST_KAFKA_PORT", 9092),
+        directory=STATE / "kafka",
+        users={CLIENT_USER: creds["kafka_scoring"], BROKER_USER: creds["kafka_broker"]},
+    )
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,8 @@ class Endpoints:
     flower_broker_url: str | None = None
     database_url: str | None = None
     kafka_bootstrap: str | None = None
+    # SCORING_KAFKA_{BOOTSTRAP,SECURITY_PROTOCOL,SASL_MECHANISM,USERNAME,PASSWORD}
+    kafka_env: dict[str, str] | None = None
 
     def env(self) -> dict[str, str]:
         """As SCORING_* settings."""
@@ -63,6 +75,7 @@ class Endpoints:
             "SCORING_BROKER_URL": self.broker_url,
             "SCORING_DATABASE_URL": self.database_url,
             "SCORING_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            **(self.kafka_env or {}),
         }
         return {k: v for k, v in out.items() if v}
 
@@ -74,6 +87,7 @@ def endpoints(names: tuple[str, ...] = ALL) -> Endpoints:
         flower_broker_url=redis().url("flower") if "redis" in names else None,
         database_url=postgres().url() if "postgres" in names else None,
         kafka_bootstrap=kafka().bootstrap if "kafka" in names else None,
+        kafka_env=kafka().client_env() if "kafka" in names else None,
     )
 
 
@@ -85,7 +99,7 @@ def up(names: tuple[str, ...] = ALL) -> Endpoints:
     with locked():
         for name in names:
             server = {"redis": redis, "postgres": postgres, "kafka": kafka}[name]()
-            if not server.answers():
+            if not server.answers() or getattr(server, "stale", bool)():
                 log(f"{name}: starting")
                 server.start()
                 log(f"{name}: up")

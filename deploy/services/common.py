@@ -103,7 +103,7 @@ def credentials(state: Path = STATE) -> dict[str, str]:
     known: dict[str, str] = {}
     if path.exists():
         known = json.loads(path.read_text())
-    wanted = ("redis_scoring", "redis_flower", "postgres_scoring", "kafka_scoring")
+    wanted = ("redis_scoring", "redis_flower", "postgres_scoring", "kafka_scoring", "kafka_broker")
     if any(k not in known for k in wanted):
         for key in wanted:
             known.setdefault(key, secrets.token_urlsafe(18))

@@ -1,20 +1,29 @@
 """The real Apache Kafka broker (KRaft: one JVM is broker and controller), from its Maven
-Central jars (deploy/install-packages.sh fetches them into .services/kafka/libs)."""
+Central jars (deploy/install-packages.sh fetches them into .services/kafka/libs).
+
+Clients must authenticate: the client listener is SASL_PLAINTEXT with SCRAM-SHA-512, and
+the users (`scoring`, and `broker` for the broker's own connections) are written into the
+metadata log when the storage is formatted. `extra` lines (a TLS listener) are appended to
+server.properties; the later of two equal keys wins.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from deploy.services.common import (
     HOST,
     ROOT,
     STATE,
     ServiceError,
+    log,
     pid_of,
     port_open,
     stop_pid,
@@ -45,10 +54,17 @@ def kafka_version() -> str:
     return found.group(1)
 
 
+MECHANISM = "SCRAM-SHA-512"
+CLIENT_USER = "scoring"
+BROKER_USER = "broker"
+
+
 @dataclass
 class KafkaServer:
     port: int
     directory: Path  # state: data/, libs/, server.properties, kafka.log, kafka.pid
+    users: dict[str, str]  # SCRAM user -> password; CLIENT_USER and BROKER_USER at least
+    extra: list[str] = field(default_factory=list)  # more properties (a TLS listener)
     heap: str = os.environ.get("KAFKA_HEAP_OPTS", "-Xmx512m -Xms128m")
     libs: Path = STATE / "kafka" / "libs"  # the jar cache, shared by every broker we start
 
@@ -79,8 +95,29 @@ class KafkaServer:
             *args,
         ]
 
+    def client_env(self, user: str = CLIENT_USER) -> dict[str, str]:
+        """SCORING_KAFKA_* settings of a client logging in as `user` (a secret: never print
+        it in CI logs)."""
+        return {
+            "SCORING_KAFKA_BOOTSTRAP": self.bootstrap,
+            "SCORING_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "SCORING_KAFKA_SASL_MECHANISM": MECHANISM,
+            "SCORING_KAFKA_USERNAME": user,
+            "SCORING_KAFKA_PASSWORD": self.users[user],
+        }
+
+    def client_config(self, user: str = CLIENT_USER) -> dict[str, Any]:
+        """kafka-python options of a client logging in as `user`."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": MECHANISM,
+            "sasl_plain_username": user,
+            "sasl_plain_password": self.users[user],
+        }
+
     def answers(self, timeout_s: float = 5.0) -> bool:
-        """A broker here returns metadata."""
+        """A broker here returns metadata to our credentials."""
         if not port_open(self.port):
             return False
         from kafka import KafkaAdminClient
@@ -88,7 +125,7 @@ class KafkaServer:
 
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=self.bootstrap,
+                **self.client_config(),
                 client_id="scoring-services",
                 request_timeout_ms=int(timeout_s * 1000),
             )
@@ -105,19 +142,47 @@ class KafkaServer:
     def pid(self) -> int | None:
         return pid_of(self.pidfile, "kafka.Kafka")
 
-    def _configure(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def properties(self) -> str:
+        """server.properties: the template, the broker's own SCRAM login on every SASL
+        listener, then `extra`."""
         text = TEMPLATE.read_text()
         text = text.replace("@KAFKA_PORT@", str(self.port))
         text = text.replace("@CONTROLLER_PORT@", str(self.controller_port))
         text = text.replace("@LOG_DIR@", str(self.directory / "data"))
-        (self.directory / "server.properties").write_text(text)
+        login = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{BROKER_USER}" password="{self.users[BROKER_USER]}";'
+        )
+        plain = "org.apache.kafka.common.security.plain.PlainLoginModule required " + " ".join(
+            [
+                f'username="{BROKER_USER}" password="{self.users[BROKER_USER]}"',
+                *(f'user_{u}="{p}"' for u, p in sorted(self.users.items())),
+            ]
+        )
+        lines = []
+        for name in ("sasl_plaintext", "sasl_ssl"):
+            lines.append(f"listener.name.{name}.{MECHANISM.lower()}.sasl.jaas.config={login}")
+            lines.append(f"listener.name.{name}.plain.sasl.jaas.config={plain};")
+        return text + "\n# --- deploy/services ---\n" + "\n".join([*lines, *self.extra]) + "\n"
+
+    def _configure(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        props = self.directory / "server.properties"
+        props.write_text(self.properties())
+        props.chmod(0o600)  # the broker's password
         (self.directory / "log4j2.properties").write_text(LOG4J)
 
+    def _stamp(self) -> str:
+        """What the formatted storage depends on: the ports and the SCRAM users."""
+        users = ";".join(f"{u}:{p}" for u, p in sorted(self.users.items()))
+        digest = hashlib.sha256(users.encode()).hexdigest()[:16]
+        return f"{self.port} {self.controller_port} scram:{digest}"
+
     def _format(self) -> None:
-        """KRaft storage is formatted once with a cluster id; anew when the ports change."""
+        """KRaft storage is formatted once with a cluster id and the SCRAM users; anew when
+        the ports or the users change."""
         data, stamp = self.directory / "data", self.directory / "data.ports"
-        ports = f"{self.port} {self.controller_port}"
+        ports = self._stamp()
         if (data / "meta.properties").exists() and stamp.exists() and stamp.read_text() == ports:
             return
         subprocess.run(["rm", "-rf", str(data)], check=True)
@@ -128,8 +193,11 @@ class KafkaServer:
         if not re.fullmatch(r"[A-Za-z0-9_-]{22}", cluster):
             raise ServiceError(f"kafka: no cluster id from StorageTool: {made.stderr[-2000:]}")
         props = str(self.directory / "server.properties")
+        scram: list[str] = []
+        for user, password in sorted(self.users.items()):
+            scram += ["--add-scram", f"{MECHANISM}=[name={user},password={password}]"]
         done = subprocess.run(
-            self.java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", props),
+            self.java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", props, *scram),
             capture_output=True,
             text=True,
         )
@@ -137,8 +205,19 @@ class KafkaServer:
             raise ServiceError(f"kafka: formatting {data} failed: {done.stderr[-2000:]}")
         stamp.write_text(ports)
 
+    def stale(self) -> bool:
+        """Our broker runs with another configuration than this checkout's (e.g. from
+        before SASL): `start()` restarts it."""
+        props = self.directory / "server.properties"
+        if self.pid() is None:
+            return False
+        return not props.exists() or props.read_text() != self.properties()
+
     def start(self, timeout: float = 90.0) -> None:
-        if self.answers():
+        if self.stale():
+            log("kafka: the running broker's configuration is out of date; restarting it")
+            self.stop()
+        elif self.answers():
             return
         if self.pid() is None:
             for port in (self.port, self.controller_port):

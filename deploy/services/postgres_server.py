@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -36,6 +36,8 @@ class PostgresServer:
     port: int
     password: str
     base: Path | None = None  # default: .services/pg, or /tmp when postgres cannot reach it
+    conf: list[str] = field(default_factory=list)  # more postgresql.conf lines (ssl = on, ...)
+    ssl_only: bool = False  # TCP logins over TLS only (pg_hba `hostssl`)
 
     def __post_init__(self) -> None:
         if self.base is None:
@@ -135,7 +137,16 @@ class PostgresServer:
                 f"listen_addresses = '{HOST}'\n"
                 f"unix_socket_directories = '{self.socket_dir}'\n"
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-                "max_connections = 200\n"
+                "max_connections = 200\n" + "".join(f"{line}\n" for line in self.conf)
+            )
+        if self.ssl_only:
+            hba = self.data / "pg_hba.conf"
+            lines = hba.read_text().splitlines()
+            hba.write_text(
+                "\n".join(
+                    "hostssl" + line[4:] if line.startswith("host ") else line for line in lines
+                )
+                + "\n"
             )
 
     def start(self) -> None:

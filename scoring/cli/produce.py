@@ -82,7 +82,12 @@ def _send_kafka(s: Settings, requests: Iterable[ScoreRequest]) -> tuple[int, str
     from kafka.errors import KafkaError
 
     from producers.kafka_producer import EventProducer, KafkaDeliveryError
+    from schemas.kafka_access import KafkaAccessError, check_kafka
 
+    try:
+        check_kafka(s.kafka, client_id="scoring-produce")  # refused credentials, named
+    except (KafkaAccessError, ValueError) as exc:
+        fail(str(exc))
     try:
         producer = EventProducer(s.kafka).open()
     except (KafkaError, ValueError) as exc:

@@ -27,7 +27,7 @@ ASSIGNED = re.compile(r"partitions assigned: (.*)$", re.MULTILINE)
 
 @dataclass
 class KafkaStack:
-    bootstrap: str
+    kafka: KafkaSettings  # the connection (bootstrap, SASL credentials, TLS CA)
     database_url: str
     store: Path
     logs: Path
@@ -38,12 +38,35 @@ class KafkaStack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
+    def bootstrap(self) -> str:
+        return self.kafka.bootstrap
+
+    @property
+    def client(self) -> dict[str, Any]:
+        """kafka-python options of a test client (credentials included: never print)."""
+        return self.kafka.client_config()
+
+    @property
+    def connection_env(self) -> dict[str, str]:
+        """SCORING_KAFKA_* of the connection, as a `scoring` process reads them."""
+        k = self.kafka
+        out = {
+            "SCORING_KAFKA_BOOTSTRAP": k.bootstrap,
+            "SCORING_KAFKA_SECURITY_PROTOCOL": k.security_protocol,
+            "SCORING_KAFKA_SASL_MECHANISM": k.sasl_mechanism,
+            "SCORING_KAFKA_USERNAME": k.username or "",
+            "SCORING_KAFKA_PASSWORD": k.password.get_secret_value() if k.password else "",
+            "SCORING_KAFKA_SSL_CAFILE": str(k.ssl_cafile) if k.ssl_cafile else "",
+        }
+        return {key: value for key, value in out.items() if value}
+
+    @property
     def env(self) -> dict[str, str]:
         return {
             **{k: v for k, v in os.environ.items() if not k.startswith("SCORING_")},
             "SCORING_DATABASE_URL": self.database_url,
             "SCORING_MODEL_STORE": str(self.store),
-            "SCORING_KAFKA_BOOTSTRAP": self.bootstrap,
+            **self.connection_env,
             "SCORING_KAFKA_TOPIC": self.requests,
             "SCORING_KAFKA_RESULTS_TOPIC": self.results,
             "SCORING_KAFKA_DLQ_TOPIC": self.dlq,
@@ -57,12 +80,13 @@ class KafkaStack:
     def settings(self) -> Settings:
         return Settings(
             database=DatabaseSettings(url=self.database_url),
-            kafka=KafkaSettings(
-                bootstrap=self.bootstrap,
-                topic=self.requests,
-                results_topic=self.results,
-                dlq_topic=self.dlq,
-                group=self.group,
+            kafka=self.kafka.model_copy(
+                update={
+                    "topic": self.requests,
+                    "results_topic": self.results,
+                    "dlq_topic": self.dlq,
+                    "group": self.group,
+                }
             ),
         )
 
@@ -139,12 +163,15 @@ class KafkaStack:
             engine.dispose()
 
 
-def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 120) -> list[Any]:
-    """Every record of `topic` from the beginning, once at least `at_least` are there."""
+def read_topic(
+    client: dict[str, Any], topic: str, at_least: int, timeout: float = 120
+) -> list[Any]:
+    """Every record of `topic` from the beginning, once at least `at_least` are there
+    (`client`: kafka-python connection options, e.g. `stack.client`)."""
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(**client, group_id=None, enable_auto_commit=False)
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
         consumer.assign(tps)
@@ -164,7 +191,7 @@ def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 120) 
 
 @contextmanager
 def open_stack(
-    bootstrap: str,
+    kafka: KafkaSettings,
     database_url: str,
     make_topic: Any,
     tmp_path: Path,
@@ -175,7 +202,7 @@ def open_stack(
     """A stack on topics of this test's own, with the demo model registered; stops every
     process it started on the way out."""
     stack = KafkaStack(
-        bootstrap=bootstrap,
+        kafka=kafka,
         database_url=database_url,
         store=tmp_path / "store",
         logs=tmp_path,

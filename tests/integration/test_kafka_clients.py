@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.settings import KafkaSettings
 from tests.helpers import demo_requests, run_scoring, wait_for
 from tests.integration.kafka_stack import KafkaStack, open_stack, read_topic
 from workers.sources.kafka.lag import consumer_lag
@@ -22,9 +23,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture
 def stack(
-    kafka_bootstrap: str, pg_url: str, make_topic, tmp_path: Path, demo_artifact: Path
+    kafka_settings: KafkaSettings, pg_url: str, make_topic, tmp_path: Path, demo_artifact: Path
 ) -> Iterator[KafkaStack]:
-    with open_stack(kafka_bootstrap, pg_url, make_topic, tmp_path, demo_artifact, 2, 1) as s:
+    with open_stack(kafka_settings, pg_url, make_topic, tmp_path, demo_artifact, 2, 1) as s:
         yield s
 
 
@@ -37,8 +38,18 @@ def test_an_event_published_by_kcat_in_the_documented_format_is_scored(
 ) -> None:
     request = demo_requests(1, prefix="kcat", metadata={"tenant": "a"})[0]
     line = f"{request['request_id']}|{json.dumps(request)}\n"
+    k = stack.kafka
+    assert k.password is not None  # the suite's Kafka takes SASL logins only
+    sasl = [
+        *("-X", f"security.protocol={k.security_protocol.lower()}"),
+        # PLAIN: kcat 1.7's librdkafka (2.0.2) fails SCRAM logins that the broker and
+        # kafka-python agree on; the broker takes both, for the same users.
+        *("-X", "sasl.mechanisms=PLAIN"),
+        *("-X", f"sasl.username={k.username}"),
+        *("-X", f"sasl.password={k.password.get_secret_value()}"),
+    ]
     kcat = subprocess.run(
-        ["kcat", "-P", "-b", stack.bootstrap, "-t", stack.requests, "-K", "|"],
+        ["kcat", "-P", "-b", stack.bootstrap, *sasl, "-t", stack.requests, "-K", "|"],
         input=line.encode(),
         capture_output=True,
         timeout=60,
@@ -49,7 +60,7 @@ def test_an_event_published_by_kcat_in_the_documented_format_is_scored(
     wait_for(lambda: stack.scalar("SELECT count(*) FROM score_results") == 1, timeout=180)
     row = stack.rows("SELECT request_id, status, source, metadata FROM score_results")[0]
     assert tuple(row) == ("kcat-0", "ok", "kafka", {"tenant": "a"})
-    (event,) = read_topic(stack.bootstrap, stack.results, at_least=1)
+    (event,) = read_topic(stack.client, stack.results, at_least=1)
     body = json.loads(event.value)
     assert event.key == b"kcat-0" and (body["request_id"], body["status"]) == ("kcat-0", "ok")
     assert body["model"] == "demo" and body["model_version"] == 1 and body["outputs"]["label"]

@@ -14,6 +14,7 @@ import pytest
 
 from producers.kafka_producer import EventProducer
 from schemas import names as c
+from schemas.settings import KafkaSettings
 from tests.helpers import demo_requests, wait_for
 from tests.integration.kafka_stack import KafkaStack, open_stack, read_topic
 from tests.tcp_proxy import proxy_for
@@ -26,9 +27,9 @@ RESULTS = "SELECT count(*) FROM score_results"
 
 @pytest.fixture
 def stack(
-    kafka_bootstrap: str, pg_url: str, make_topic, tmp_path: Path, demo_artifact: Path
+    kafka_settings: KafkaSettings, pg_url: str, make_topic, tmp_path: Path, demo_artifact: Path
 ) -> Iterator[KafkaStack]:
-    with open_stack(kafka_bootstrap, pg_url, make_topic, tmp_path, demo_artifact, 4, 4) as s:
+    with open_stack(kafka_settings, pg_url, make_topic, tmp_path, demo_artifact, 4, 4) as s:
         yield s
 
 
@@ -67,7 +68,7 @@ def test_two_consumers_in_a_group_score_every_event_once(stack: KafkaStack) -> N
     assert set(by_worker) == {f"stream-a@{host}", f"stream-b@{host}"}, by_worker
     assert all(by_worker.values()), by_worker
     stop_and_check_lag(stack, "stream-a", "stream-b")
-    events = read_topic(stack.bootstrap, stack.results, at_least=20_000)
+    events = read_topic(stack.client, stack.results, at_least=20_000)
     ids = Counter(json.loads(r.value)["request_id"] for r in events)
     assert len(ids) == 20_000 and set(ids) == {f"ev-{i}" for i in range(20_000)}
     assert {json.loads(events[0].value)["status"]} == {"ok"}
@@ -114,7 +115,7 @@ def test_malformed_events_become_dead_letters_and_the_rest_are_scored(stack: Kaf
         assert producer.send_raw(mixed) == 5_100
     stack.start("stream-a")
     wait_for(lambda: stack.scalar(RESULTS) >= 5_000, timeout=240, every=1)
-    letters = read_topic(stack.bootstrap, stack.dlq, at_least=100)
+    letters = read_topic(stack.client, stack.dlq, at_least=100)
     assert len(letters) == 100
     assert sorted(r.value for r in letters) == sorted(bad)  # original bytes, intact
     reasons = [dict(r.headers)[c.DLQ_HEADER_REASON].decode() for r in letters]
@@ -164,4 +165,4 @@ def test_a_database_outage_mid_stream_loses_and_doubles_nothing(stack: KafkaStac
         assert "not stored, will be redelivered" in log and "rewound" in log, log[-3000:]
         assert "failed unexpectedly" not in log, log[-3000:]
         stop_and_check_lag(stack, "stream-db")
-    assert read_topic(stack.bootstrap, stack.dlq, at_least=0, timeout=10) == []
+    assert read_topic(stack.client, stack.dlq, at_least=0, timeout=10) == []

@@ -12,6 +12,7 @@ import pytest
 from kafka import KafkaProducer
 
 from schemas import names
+from schemas.settings import KafkaSettings
 from tests.helpers import demo_requests, wait_for
 from tests.integration.kafka_stack import KafkaStack, open_stack, read_topic
 from workers.sources.kafka.lag import consumer_lag
@@ -24,14 +25,14 @@ HEADERS = [("trace", b"x")]
 
 @pytest.fixture
 def stack(
-    kafka_bootstrap: str, pg_url: str, make_topic, tmp_path: Path, demo_artifact: Path
+    kafka_settings: KafkaSettings, pg_url: str, make_topic, tmp_path: Path, demo_artifact: Path
 ) -> Iterator[KafkaStack]:
-    with open_stack(kafka_bootstrap, pg_url, make_topic, tmp_path, demo_artifact, 1, 1) as s:
+    with open_stack(kafka_settings, pg_url, make_topic, tmp_path, demo_artifact, 1, 1) as s:
         yield s
 
 
 def send(stack: KafkaStack, values: list[bytes | None], **config: object) -> None:
-    producer = KafkaProducer(bootstrap_servers=stack.bootstrap, linger_ms=50, **config)
+    producer = KafkaProducer(**stack.client, linger_ms=50, **config)
     try:
         futures = [
             # A null key (the producer picks the partition); a tombstone needs a key.
@@ -54,7 +55,7 @@ def test_every_codec_null_keys_headers_and_tombstones(stack: KafkaStack) -> None
     send(stack, [None, None])  # tombstones
     stack.start("wild")
     wait_for(lambda: stack.scalar(RESULTS) >= 800, timeout=180, every=0.5)
-    letters = read_topic(stack.bootstrap, stack.dlq, at_least=2)
+    letters = read_topic(stack.client, stack.dlq, at_least=2)
     assert len(letters) == 2
     reasons = {dict(r.headers)[names.DLQ_HEADER_REASON].decode() for r in letters}
     assert reasons == {"a tombstone (the record's value is null): nothing to score"}
@@ -79,7 +80,7 @@ def test_a_batch_the_consumer_cannot_decode_is_dead_lettered_and_the_partition_m
     send(stack, encoded("after", 50))
     stack.start("nozstd", "-c", NO_ZSTD, python=True)
     wait_for(lambda: stack.scalar(RESULTS) >= 100, timeout=180, every=0.5)
-    letters = read_topic(stack.bootstrap, stack.dlq, at_least=10)
+    letters = read_topic(stack.client, stack.dlq, at_least=10)
     offsets = sorted(int(dict(r.headers)[names.DLQ_HEADER_OFFSET]) for r in letters)
     assert offsets == list(range(50, 60))
     assert all("undecodable" in dict(r.headers)[names.DLQ_HEADER_REASON].decode() for r in letters)

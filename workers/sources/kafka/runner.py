@@ -41,25 +41,12 @@ def check_poll_budget(settings: Settings) -> None:
 
 def check_reachable(settings: Settings, timeout_s: float = 10.0) -> None:
     """Fetch the cluster's metadata once, so that `scoring stream` fails at start with the
-    reason (kafka.errors.KafkaError) when the brokers are unreachable or refuse the
-    credentials; once serving, a lost broker is retried with backoff instead."""
-    from kafka import KafkaConsumer
+    setting and what the broker did (schemas.kafka_access.KafkaAccessError) when the
+    brokers are unreachable or refuse the credentials; once serving, a lost broker is
+    retried with backoff instead."""
+    from schemas.kafka_access import check_kafka
 
-    quiet = logging.getLogger("kafka")
-    level, quiet.level = quiet.level, logging.CRITICAL  # the caller reports a failure once
-    try:
-        consumer = KafkaConsumer(
-            **settings.kafka.client_config(),
-            client_id="scoring-check",
-            bootstrap_timeout_ms=int(timeout_s * 1000),
-            request_timeout_ms=int(timeout_s * 1000) + 1000,
-        )
-        try:
-            consumer.topics()
-        finally:
-            consumer.close(autocommit=False)
-    finally:
-        quiet.level = level
+    check_kafka(settings.kafka, timeout_s)
 
 
 def open_worker(
