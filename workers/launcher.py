@@ -67,6 +67,20 @@ def plan_workers(
     ]
 
 
+def with_metrics_ports(plans: list[dict[str, str]], port: int | None) -> list[dict[str, str]]:
+    """Each process its own SCORING_METRICS_PORT on this host: `port` + its index (unset:
+    none serves metrics)."""
+    if port is None:
+        return plans
+    last = port + len(plans) - 1
+    if last > 65535:
+        raise LaunchError(
+            f"SCORING_METRICS_PORT={port} with {len(plans)} processes needs ports up to "
+            f"{last}; choose a port at most {65536 - len(plans)}"
+        )
+    return [{**plan, "SCORING_METRICS_PORT": str(port + i)} for i, plan in enumerate(plans)]
+
+
 def run_many(plans: list[dict[str, str]], argv: list[str]) -> int:
     """Start one child process per plan (`python -m workers.process ARGV`, the CLI is not
     imported there) and supervise them; returns the worst exit code."""

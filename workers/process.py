@@ -89,7 +89,8 @@ class WorkerProcess:
 
         pipeline = self._context.pipeline
         loaded = []
-        for name, version in registry.active_versions(pipeline.engine).items():
+        active = registry.active_versions(pipeline.engine)
+        for name, version in active.items():
             record = registry.get_version(pipeline.engine, name, version)
             try:
                 model = pipeline.models.get(record)
@@ -102,13 +103,29 @@ class WorkerProcess:
                 ) from exc
             loaded.append(f"{model.name} v{model.version} ({model.backend} on {model.device})")
             log.info("warmed up %s", loaded[-1])
+        if pipeline.versions is not None:
+            pipeline.versions.prime(active)  # these serve until the watcher switches
         return loaded
 
     def close(self) -> None:
         if self._context is not None:
-            self._context.service.close()
-            self._context.pipeline.engine.dispose()
+            self._context.close()
             self._context = None
+
+    def export_kafka_lag(self) -> None:
+        """With metrics served: the group's lag per partition on each scrape (offsets
+        read without joining the group, so no rebalance)."""
+        metrics = self._context.metrics if self._context is not None else None
+        if metrics is None:
+            return
+        from workers.sources.kafka.lag import consumer_lag
+
+        kafka = self.settings.kafka
+
+        def read() -> list[tuple[str, int, int]]:
+            return [(p.topic, p.partition, p.lag) for p in consumer_lag(kafka, timeout_s=2)]
+
+        metrics.add_kafka_lag(read)
 
     def _build(self) -> Any:
         from workers.core.context import build_context
@@ -128,6 +145,8 @@ def celery_worker_app(process: WorkerProcess) -> Celery:
     )
     app.scoring_process = process
     stream = _stream_thread(process) if settings.kafka.in_worker else None
+    if stream is not None:
+        process.export_kafka_lag()
 
     @signals.worker_ready.connect(weak=False)
     def _ready(sender: Any = None, **_: Any) -> None:
@@ -192,6 +211,7 @@ def run_stream_process(settings: Settings, stop: threading.Event) -> Any:
     process = WorkerProcess(settings)
     try:
         process.start()
+        process.export_kafka_lag()
         return run_stream(
             settings,
             process.scorer(),

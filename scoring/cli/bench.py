@@ -27,6 +27,10 @@ BENCHMARKS = {
         "bench.chaos:command",
         "SIGKILL workers at random instants during a bulk run; count lost and doubled rows.",
     ),
+    "switch": Lazy(
+        "bench.switch:command",
+        "p99 latency across a promotion vs before it (warm-up off vs on the scorer thread).",
+    ),
     "cli": Lazy(
         "bench.cli_startup:command",
         "Seconds `scoring --help` and each `scoring <command> --help` take, fresh processes.",

@@ -24,13 +24,13 @@ def worker(
     ),
 ) -> None:
     """Score requests from Redis (and Kafka with --kafka) in micro-batches."""
-    from workers.launcher import LaunchError, plan_workers, run_many
+    from workers.launcher import LaunchError, plan_workers, run_many, with_metrics_ports
 
     s = settings()
     if kafka or s.kafka.in_worker:
         _check_kafka(s)
     try:
-        plans = plan_workers(cpu, gpus)
+        plans = with_metrics_ports(plan_workers(cpu, gpus), s.runtime.metrics_port)
     except LaunchError as exc:
         fail(str(exc))
     env = {"SCORING_KAFKA_IN_WORKER": "true"} if kafka else {}

@@ -29,7 +29,7 @@ KUBERNETES_VERSION = "1.33.0"
 # Settings the deploy files set before schemas/settings.py has them: pydantic-settings
 # ignores unknown SCORING_* variables, so they are harmless until then. Remove a name once
 # its setting exists.
-PENDING_SETTINGS = {"SCORING_METRICS_PORT"}
+PENDING_SETTINGS: set[str] = set()
 
 
 def tool(name: str) -> str:

@@ -27,17 +27,29 @@ def test_promote_rollback_and_explicit_versions(
         wait_for(lambda: count_results(engine) >= sent[0] + n, timeout=60)
         sent[0] += n
 
+    def serving(app: object, version: int) -> None:
+        """The worker's watcher warms the newly active version, then the scorer switches
+        at its next batch: requests keep flowing (scored by the old version) until then."""
+        watcher = app.scoring_process._context.watcher  # type: ignore[attr-defined]
+        n = 0
+        while watcher.serving("demo") != version:
+            n += 1
+            send_and_wait(f"switching-{version}-{n}", n=1)
+            assert n < 600, "the worker never switched"
+
     sent = [0]
     with inprocess_worker(settings) as app:
         producer = RedisProducer(app)
         send_and_wait("before")
         registry.promote(engine, "demo", 2)
+        serving(app, 2)
         send_and_wait("promoted")
         registry.rollback(engine, "demo")
+        serving(app, 1)
         send_and_wait("rolled-back")
         send_and_wait("pinned", model_version=2)
 
-    def versions(prefix: str) -> set[int]:
+    def scored(prefix: str) -> set[tuple[int, str | None]]:
         from sqlmodel import select
 
         from schemas.db import session_scope
@@ -48,10 +60,14 @@ def test_promote_rollback_and_explicit_versions(
                 select(ScoreResult).where(ScoreResult.request_id.startswith(prefix))
             ).all()  # type: ignore[attr-defined]
         assert len(rows) == 30
-        return {r.model_version for r in rows}
+        return {(r.model_version, r.artifact_sha256) for r in rows}
+
+    def versions(prefix: str) -> set[int]:
+        return {version for version, _ in scored(prefix)}
 
     assert versions("before") == {1}
     assert versions("promoted") == {2}
     assert versions("rolled-back") == {1}
     assert versions("pinned") == {2}
-    assert count_results(engine, model_version=2, artifact_sha256=v2.artifact_sha256) == 60
+    # v2's rows carry v2's artifact (requests sent while switching went to either version)
+    assert scored("promoted") | scored("pinned") == {(2, v2.artifact_sha256)}

@@ -24,6 +24,7 @@ def next_batch(
     max_wait_s: float,
     clock: Callable[[], float] = time.monotonic,
     size: Callable[[T], int] = lambda item: 1,
+    limits: Callable[[T], tuple[int, float] | None] | None = None,
 ) -> list[T] | None:
     """Block for the first item, then gather more until `max_size` items or `max_wait_s`.
 
@@ -34,6 +35,12 @@ def next_batch(
     or STOP. A timeout of None blocks. The wait is measured from the first item's arrival,
     so no item waits in the batcher longer than `max_wait_s`; items already waiting are
     taken even when the wait is spent (a `max_wait_s` of 0 batches what is there).
+
+    With `limits`, an item may bring its own (max_size, max_wait_s): its model version's.
+    The batch then keeps the tightest limits of the items it holds, each wait counted from
+    that item's arrival, so no item waits longer, or is batched with more, than its
+    version allows (items of versions with larger limits simply join it).
+
     Returns None on STOP with nothing gathered; a STOP that arrives mid-batch ends the
     batch and is seen next call (the caller's receive must keep returning STOP once stopped).
     """
@@ -45,6 +52,8 @@ def next_batch(
     batch: list[T] = [first]
     held = size(first)
     deadline = clock() + max_wait_s
+    if limits is not None:
+        max_size, deadline = _tighten(limits(first), max_size, deadline, clock)
     while held < max_size:
         remaining = max(0.0, deadline - clock())
         item = receive(remaining)
@@ -56,4 +65,14 @@ def next_batch(
             break
         batch.append(item)
         held += size(item)
+        if limits is not None:
+            max_size, deadline = _tighten(limits(item), max_size, deadline, clock)
     return batch
+
+
+def _tighten(
+    own: tuple[int, float] | None, max_size: int, deadline: float, clock: Callable[[], float]
+) -> tuple[int, float]:
+    if own is None:
+        return max_size, deadline
+    return min(max_size, own[0]), min(deadline, clock() + own[1])

@@ -10,7 +10,10 @@ from schemas.settings import Settings
 from workers.core.pipeline import PipelineConfig, ScoringPipeline
 from workers.core.service import ScoringService
 from workers.core.sink import ResultSink
+from workers.core.switch import VersionWatcher
+from workers.hooks import BatchHook
 from workers.hooks.heartbeat import Heartbeat
+from workers.hooks.metrics import WorkerMetrics
 from workers.runtime.loaded import ModelCache, pick_device
 from workers.sources.base import WorkItem
 
@@ -19,6 +22,17 @@ from workers.sources.base import WorkItem
 class CoreContext:
     pipeline: ScoringPipeline
     service: ScoringService
+    metrics: WorkerMetrics | None = None  # served on SCORING_METRICS_PORT when set
+    watcher: VersionWatcher | None = None  # warms promoted versions off the scorer thread
+
+    def close(self) -> None:
+        """Finish what is queued, stop serving metrics, release the database."""
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.service.close()
+        if self.metrics is not None:
+            self.metrics.stop()
+        self.pipeline.engine.dispose()
 
 
 def build_context(
@@ -29,22 +43,26 @@ def build_context(
         import torch
 
         torch.set_num_threads(settings.runtime.torch_threads)
+    metrics = _metrics(settings, worker)
     db = settings.database
     engine = make_engine(db.sqlalchemy_url())
     sink = ResultSink(engine, db.retries, db.retry_backoff_s)
+    models = ModelCache(pick_device(), listener=metrics)
+    watcher = VersionWatcher(engine, models, listener=metrics)
     pipeline = ScoringPipeline(
         engine,
         sink,
-        ModelCache(pick_device()),
+        models,
         PipelineConfig(
             worker=worker,
             max_text_chars=settings.limits.max_text_chars,
             max_metadata_bytes=settings.limits.max_metadata_bytes,
             dead_letter=dead_letter,
         ),
+        versions=watcher,
     )
     batching = settings.batching
-    hooks = []
+    hooks: list[BatchHook] = [metrics] if metrics is not None else []
     if settings.runtime.heartbeat_dir is not None:
         settings.runtime.heartbeat_dir.mkdir(parents=True, exist_ok=True)
         beat = Heartbeat(settings.runtime.heartbeat_dir / f"{worker}.json", worker)
@@ -52,4 +70,24 @@ def build_context(
     service = ScoringService(
         pipeline, batching.max_batch_size, batching.max_wait_ms / 1000, hooks=hooks
     )
-    return CoreContext(pipeline, service.start())
+    # the watcher thread starts with the scorer: its first poll loads what is active
+    # (at worker start, `WorkerProcess.warm_up` has that done already)
+    return CoreContext(pipeline, service.start(), metrics, watcher.start())
+
+
+def _metrics(settings: Settings, worker: str) -> WorkerMetrics | None:
+    """The process's metrics, served on SCORING_METRICS_PORT; None when it is unset. A
+    port already taken (another process on this host) stops the process at start."""
+    port = settings.runtime.metrics_port
+    if port is None:
+        return None
+    metrics = WorkerMetrics(worker, settings.broker)
+    try:
+        metrics.serve(port)
+    except OSError as exc:
+        raise OSError(
+            f"SCORING_METRICS_PORT={port} cannot be served ({exc}): another process on this "
+            "host has it; give each process its own port (`scoring worker` gives its N "
+            "processes port ... port + N - 1)"
+        ) from exc
+    return metrics

@@ -29,6 +29,8 @@ from schemas.wire import DEFAULT_MAX_METADATA_BYTES, InputError, ScoreRequest, c
 from workers.core.chunks import CheckedChunk, RowChunk, check_chunk
 from workers.core.result_rows import metric_row, ms_between, result_row
 from workers.core.sink import ResultSink, SinkUnavailable
+from workers.core.switch import Switch, VersionWatcher
+from workers.hooks import BatchReport
 from workers.runtime import registry
 from workers.runtime.artifacts import ArtifactError
 from workers.runtime.loaded import LoadedModel, ModelCache, rows_of
@@ -70,22 +72,37 @@ class ScoringPipeline:
     """Check → score → store for one batch at a time; one instance per worker process."""
 
     def __init__(
-        self, engine: Engine, sink: ResultSink, models: ModelCache, config: PipelineConfig
+        self,
+        engine: Engine,
+        sink: ResultSink,
+        models: ModelCache,
+        config: PipelineConfig,
+        versions: VersionWatcher | None = None,
     ) -> None:
         self.engine = engine
         self.sink = sink
         self.models = models
         self.config = config
+        # With a watcher, requests naming no version get the version it serves (switched
+        # between batches once warm); without one, the registry's, read once per batch.
+        self.versions = versions
         self._records: dict[tuple[str, int], Any] = {}
+        self._last_call: dict[str, str] = {}  # model name -> batch_id of its last call
+        self._cutting: dict[str, Switch] = {}  # switches taken, first call not seen yet
+        # What the batch in hand (or the last one) became, filled as it goes: the hooks
+        # read it, also when the batch raised.
+        self.report = BatchReport()
 
-    def process(self, items: list[WorkItem]) -> None:
-        """Score `items` and store their results; sets each item's outcome.
+    def process(self, items: list[WorkItem]) -> BatchReport:
+        """Score `items` and store their results; sets each item's outcome, and fills
+        `self.report` (for the hooks) as it goes.
 
         Raises SinkUnavailable (nothing stored) when the database stays down; the
         caller then leaves the batch unacknowledged for redelivery.
         """
+        self.report = report = BatchReport()
         started = utcnow()
-        active = _ActiveVersions(self.engine)
+        active = _ActiveVersions(self.engine, self._begin_versions())
         rows: list[dict[str, Any]] = []
         ready: list[Scored] = []
         chunks: list[ChunkWork] = []
@@ -101,10 +118,14 @@ class ScoringPipeline:
         metrics = self._run_models(ready, rows)
         for work in chunks:
             metrics += self._run_chunk_columns(work, rows)
+        report.rows, report.calls = rows, metrics
+        self._note_calls(metrics)
         self.sink.write(rows, metrics)
+        report.stored = True
         for item in items:
             if item.outcome is None:
                 item.outcome = Outcome.STORED
+        return report
 
     # -- checking ---------------------------------------------------------------------
 
@@ -140,6 +161,7 @@ class ScoringPipeline:
         return Scored(item, request, inputs, model)
 
     def _model_named(self, name: str, version: int | None, active: _ActiveVersions) -> LoadedModel:
+        named = version is not None
         version = version or active.get(name)
         if version is None:
             raise registry.RegistryError(f"model {name!r} has no active version")
@@ -147,7 +169,62 @@ class ScoringPipeline:
         if key not in self._records:
             with _database_needed():
                 self._records[key] = registry.get_version(self.engine, name, version)
-        return self.models.get(self._records[key])
+        return self.models.get(self._records[key], named=named)
+
+    # -- versions: the watcher's switches, the versions' batching limits ----------------
+
+    def _begin_versions(self) -> dict[str, int] | None:
+        """The versions this batch serves (None: read the registry), taking any switch the
+        watcher has warmed up; a switch is logged once its first model call is known."""
+        if self.versions is None:
+            return None
+        serving, taken = self.versions.begin_batch()
+        for switch in taken:
+            switch.last_batch_before = self._last_call.get(switch.name)
+            self._cutting[switch.name] = switch
+        return serving
+
+    def _note_calls(self, calls: list[dict[str, Any]]) -> None:
+        for call in calls:
+            name, version = call["model_name"], call["model_version"]
+            switch = self._cutting.get(name)
+            if switch is not None and version == switch.new:
+                switch.first_batch_after = call["batch_id"]
+                del self._cutting[name]
+                log.info(
+                    "cut over %s v%d -> v%d: last v%d batch %s, first v%d batch %s "
+                    "(v%d warmed up in %.2f s off the scorer thread)",
+                    name,
+                    switch.old,
+                    switch.new,
+                    switch.old,
+                    switch.last_batch_before,
+                    switch.new,
+                    switch.first_batch_after,
+                    switch.new,
+                    switch.warm_s,
+                )
+            self._last_call[name] = call["batch_id"]
+
+    def limits_of(
+        self, item: WorkItem, max_size: int, max_wait_s: float
+    ) -> tuple[int, float] | None:
+        """The (max_batch_size, max_wait_s) of the version `item` will be scored by, when
+        that version is loaded and at least one of its limits is tighter than the given
+        (the process's) ones; None otherwise, or when the payload does not say cheaply."""
+        tighter = {
+            key: (size, wait_ms / 1000)
+            for key, (size, wait_ms) in self.models.limits.items()
+            if size < max_size or wait_ms / 1000 < max_wait_s
+        }
+        if not tighter:
+            return None
+        name, version = _model_of(item.payload)
+        if name is None:
+            return None
+        if version is None:
+            version = self.versions.serving(name) if self.versions is not None else None
+        return tighter.get((name, version)) if version is not None else None
 
     def _check_chunk(
         self,
@@ -175,7 +252,13 @@ class ScoringPipeline:
             checked = None
         if checked is None:
             for payload in chunk.requests():
-                part = WorkItem(payload, item.source, item.enqueued_at, item.bulk_run_id)
+                part = WorkItem(
+                    payload,
+                    item.source,
+                    item.enqueued_at,
+                    item.bulk_run_id,
+                    bulk_chunk=item.bulk_chunk,
+                )
                 scored = self._check(part, active, now, rows)
                 if scored is not None:
                     ready.append(scored)
@@ -191,6 +274,7 @@ class ScoringPipeline:
 
     def _dead(self, item: WorkItem, reason: str) -> None:
         item.outcome, item.reason = Outcome.DEAD, reason
+        self.report.dead.append(item)
         self.config.dead_letter(item)
 
     # -- scoring ----------------------------------------------------------------------
@@ -336,6 +420,7 @@ class ScoringPipeline:
             worker=self.config.worker,
             source=item.source,
             bulk_run_id=item.bulk_run_id,
+            bulk_chunk=item.bulk_chunk,
             enqueued_at=item.enqueued_at,
             **fields,
         )
@@ -346,11 +431,14 @@ class _ActiveVersions:
     in it names no version (bulk runs pin theirs): promote/rollback apply from the next batch.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, serving: dict[str, int] | None = None) -> None:
         self.engine = engine
+        self.serving = serving or {}  # the watcher's, where it has one; else the registry
         self._versions: dict[str, int] | None = None
 
     def get(self, name: str) -> int | None:
+        if name in self.serving:
+            return self.serving[name]
         if self._versions is None:
             with _database_needed():
                 self._versions = registry.active_versions(self.engine)
@@ -388,7 +476,24 @@ def _predict_each(
         return _predict_each(model, inputs[:middle]) + _predict_each(model, inputs[middle:])
 
 
+def _model_of(payload: Any) -> tuple[str | None, int | None]:
+    """The model name and version a payload names, without checking it (None: unknown)."""
+    if isinstance(payload, RowChunk):
+        return payload.model, payload.model_version
+    if isinstance(payload, bytes | bytearray | str):
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            return None, None
+    if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
+        return None, None
+    version = payload.get("model_version")
+    return payload["model"], version if isinstance(version, int) else None
+
+
 def _parse(payload: Any, max_metadata_bytes: int) -> ScoreRequest:
+    if payload is None:
+        raise ValueError("a tombstone (the record's value is null): nothing to score")
     if isinstance(payload, bytes | bytearray):
         try:
             payload = payload.decode("utf-8")

@@ -18,7 +18,7 @@ from schemas import names
 from workers.core.batcher import STOP, Stop, next_batch
 from workers.core.pipeline import ScoringPipeline
 from workers.core.sink import SinkUnavailable
-from workers.hooks import BatchHook
+from workers.hooks import BatchHook, BatchReport
 from workers.sources.base import Outcome, WorkItem
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,18 @@ class ScoringService:
 
     def _run(self) -> None:
         while batch := next_batch(
-            self._receive, self.max_batch_size, self.max_wait_s, size=lambda item: item.size
+            self._receive,
+            self.max_batch_size,
+            self.max_wait_s,
+            size=lambda item: item.size,
+            limits=self._limits,
         ):
             self._score(batch)
+
+    def _limits(self, item: WorkItem) -> tuple[int, float] | None:
+        """The item's version's own max_batch_size and max_wait_s, where tighter."""
+        lookup = getattr(self.pipeline, "limits_of", None)  # fakes have none
+        return lookup(item, self.max_batch_size, self.max_wait_s) if lookup else None
 
     def _score(self, batch: list[WorkItem]) -> None:
         self._call_hooks("before_batch", batch)
@@ -114,7 +123,9 @@ class ScoringService:
         except Exception as exc:  # noqa: BLE001 - the scorer thread must survive anything
             log.exception("batch of %d failed unexpectedly", len(batch))
             _mark_retry(batch, f"{type(exc).__name__}: {exc}")
-        self._call_hooks("after_batch", batch, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        report: BatchReport | None = getattr(self.pipeline, "report", None)  # fakes keep none
+        self._call_hooks("after_batch", batch, seconds, report)
         for item in batch:
             ticket, original = item.token
             item.token = original

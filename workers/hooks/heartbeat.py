@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from workers.hooks import BatchReport
 from workers.sources.base import WorkItem
 
 
@@ -38,6 +39,8 @@ class Heartbeat:
     def before_batch(self, items: Sequence[WorkItem]) -> None:
         """Nothing to do before a batch."""
 
-    def after_batch(self, items: Sequence[WorkItem], seconds: float) -> None:
+    def after_batch(
+        self, items: Sequence[WorkItem], seconds: float, report: BatchReport | None = None
+    ) -> None:
         self.batches += 1
         self.beat()

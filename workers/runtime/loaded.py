@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,32 +163,90 @@ class ModelCache:
     """Loaded versions by (name, version); a worker process holds one copy of each.
 
     A version is warmed up (every batch bucket run) as it is loaded, before it serves its
-    first batch: at worker start for the active versions, and on first use for any other
-    (a version promoted later, or named by a request), so serving never compiles.
+    first batch: at worker start for the active versions, by the version watcher
+    (workers/core/switch.py) on its own thread for a version promoted later, and on first
+    use for any other (a version named by a request), so serving never compiles.
+
+    Safe from several threads: a lock guards the dict, loading runs outside it (the
+    scorer keeps serving loaded versions while the watcher warms a new one), and two
+    threads asking for the same version load it once.
     """
 
     def __init__(self, device: str = "cpu", listener: LoadListener | None = None) -> None:
         self.device = device
         self.listener = listener
         self._models: dict[tuple[str, int], LoadedModel] = {}
+        self._lock = threading.Lock()
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
+        self._named: dict[tuple[str, int], float] = {}  # last time a request named it
+        # (name, version) -> (max_batch_size, max_wait_ms) of each loaded version; a new
+        # dict on every change, so the batcher reads it without the lock
+        self.limits: dict[tuple[str, int], tuple[int, float]] = {}
 
-    def get(self, record: ModelVersion) -> LoadedModel:
+    def get(self, record: ModelVersion, named: bool = False) -> LoadedModel:
+        """The loaded version, loading and warming it up first if need be. `named`: a
+        request asked for this version by number (it is then kept after a switch)."""
         key = (record.name, record.version)
-        if key not in self._models:
-            began = time.perf_counter()
-            try:
-                model = load_model(record, self.device)
-                loaded = time.perf_counter()
-                model.warm_up(example_inputs(model.input_schema))
-            except Exception:
-                if self.listener is not None:
-                    self.listener.model_failed(record.name, record.version, record.backend)
-                raise
+        with self._lock:
+            if named:
+                self._named[key] = time.monotonic()
+            model = self._models.get(key)
+            if model is not None:
+                return model
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:  # one load per version; other versions load (and serve) meanwhile
+            with self._lock:
+                model = self._models.get(key)
+            if model is None:
+                model = self._load(record)
+                with self._lock:
+                    self._models[key] = model
+                    self._loading.pop(key, None)
+                    self.limits = {**self.limits, key: (model.max_batch_size, model.max_wait_ms)}
+        return model
+
+    def peek(self, name: str, version: int) -> LoadedModel | None:
+        """The version if it is loaded; never loads."""
+        with self._lock:
+            return self._models.get((name, version))
+
+    def release(self, name: str, version: int, keep_named_within_s: float = 0.0) -> bool:
+        """Drop a loaded version (its memory goes once no batch holds it), unless a request
+        named it within the last `keep_named_within_s` seconds. True if it was dropped."""
+        key = (name, version)
+        with self._lock:
+            named = self._named.get(key)
+            if named is not None and time.monotonic() - named < keep_named_within_s:
+                return False
+            if self._models.pop(key, None) is None:
+                return False
+            self._named.pop(key, None)
+            self.limits = {k: v for k, v in self.limits.items() if k != key}
+        return True
+
+    def loaded(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return sorted(self._models)
+
+    def _load(self, record: ModelVersion) -> LoadedModel:
+        began = time.perf_counter()
+        try:
+            model = load_model(record, self.device)
+            loaded = time.perf_counter()
+            model.warm_up(example_inputs(model.input_schema))
+        except Exception:
             if self.listener is not None:
-                warm = time.perf_counter()
-                self.listener.model_loaded(model, loaded - began, warm - loaded)
-            self._models[key] = model
-        return self._models[key]
+                self.listener.model_failed(record.name, record.version, record.backend)
+            raise
+        if self.listener is not None:
+            warm = time.perf_counter()
+            self.listener.model_loaded(model, loaded - began, warm - loaded)
+        return model
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._models
 
     def __len__(self) -> int:
-        return len(self._models)
+        with self._lock:
+            return len(self._models)

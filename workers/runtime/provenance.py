@@ -58,7 +58,7 @@ def _git(*args: str) -> str | None:
     if not (_SOURCE_ROOT / ".git").exists():
         return None
     try:
-        done = subprocess.run(  # nosec B603 B607: fixed git arguments, no shell
+        done = subprocess.run(  # nosec B603,B607
             ["git", "-C", str(_SOURCE_ROOT), *args],
             capture_output=True,
             text=True,
