@@ -14,6 +14,9 @@ REQUESTS_QUEUE = "score-requests"
 DEAD_LETTER_QUEUE = "score-requests.dlq"
 # Redis key prefix of each queue's doorbell: a data-free list that wakes idle workers.
 DOORBELL_PREFIX = "_scoring.doorbell."
+# Redis hash: delivery tag -> times a worker started scoring the message and never finished
+# (it died meanwhile); cleared when scoring finishes and when the message is acknowledged.
+UNFINISHED_KEY = "_scoring.unfinished"
 
 # Kafka topics (defaults; each is also a setting).
 REQUESTS_TOPIC = "score-requests"

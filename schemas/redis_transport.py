@@ -15,6 +15,11 @@ as unacknowledged (`QoS.append`): a worker killed in between loses that message 
   `lease_renew_interval` seconds, from a thread of its own, so the visibility timeout can
   be short (a minute) without redelivering a long batch or a message buffered by
   celery-batches.
+- **Scoring marks survive the worker**: a consumer marks the messages it starts scoring
+  (`_scoring.unfinished`: delivery tag -> count) and clears the mark when scoring ends;
+  acknowledging a message clears it too, restoring it does not. A message that comes back
+  with a mark was being scored when its worker died, that many times: the Celery task
+  isolates it, splits it, or dead-letters it (workers/sources/celery/crashes.py).
 
 Queue lists stay where kombu keeps them (Flower's broker page shows their depths), and
 priorities, fanout, celery-batches and Sentinel work as before. Registered for
@@ -51,6 +56,16 @@ class LeasedQoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
         virtual.QoS.append(self, message, delivery_tag)
         self.channel.connection.lease_keeper.ensure_running()
+
+    def ack(self, delivery_tag: str) -> None:
+        """kombu's ack (the unacked hash and index), and the message's scoring mark, in one
+        round trip. A restore keeps the mark: it counts deaths across redeliveries."""
+        with self.channel.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            self._remove_from_indices(delivery_tag, pipe)
+            pipe.hdel(names.UNFINISHED_KEY, delivery_tag)
+            pipe.execute()
+        virtual.QoS.ack(self, delivery_tag)
 
     def renew(self) -> int:
         """Move the lease of every held message to now; returns how many were renewed.
@@ -166,6 +181,37 @@ class AtomicFetchMixin:
             log.warning("parked a non-kombu item from %s on %s", bytes_to_str(reply[1]), dead)
             return None
         return where.rsplit(self.sep, 1)[0], loads(bytes_to_str(reply[1]))
+
+    # -- scoring marks ----------------------------------------------------------------
+
+    def unfinished(self, tags: list[str]) -> list[int]:
+        """How many times scoring each message started and never finished (0: never)."""
+        if not tags:
+            return []
+        with self.conn_or_acquire() as client:  # type: ignore[attr-defined]
+            values = client.hmget(names.UNFINISHED_KEY, tags)
+        return [int(v) if v is not None else 0 for v in values]
+
+    def start_scoring(self, tags: list[str], weight: int = 1) -> None:
+        """Mark the messages as being scored (add `weight` to each count), before the
+        model sees them."""
+        self._marks("hincrby", tags, weight)
+
+    def finish_scoring(self, tags: list[str]) -> None:
+        """Scoring ended, however it ended, with the worker alive: clear the marks."""
+        self._marks("hdel", tags)
+
+    def _marks(self, command: str, tags: list[str], weight: int = 1) -> None:
+        if not tags:
+            return
+        with self.conn_or_acquire() as client:  # type: ignore[attr-defined]
+            pipe = client.pipeline(transaction=False)
+            if command == "hdel":
+                pipe.hdel(names.UNFINISHED_KEY, *tags)
+            else:
+                for tag in tags:
+                    pipe.hincrby(names.UNFINISHED_KEY, tag, weight)
+            pipe.execute()
 
     # -- publishing -------------------------------------------------------------------
 

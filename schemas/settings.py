@@ -64,6 +64,9 @@ class BrokerSettings(BaseSettings):
     worker_prefetch: int = Field(default=256, ge=1)
     # Seconds celery-batches waits before flushing a partial buffer.
     worker_flush_interval_s: float = Field(default=0.05, gt=0)
+    # A request whose scoring, alone, killed its worker this many times (the model exits
+    # or segfaults on it) is dead-lettered instead of delivered again.
+    max_deliveries: int = Field(default=3, ge=1)
     # With a sentinel:// URL: the name the sentinels monitor the primary by, and their own
     # password if they require one (the URL's credentials are the primary's).
     sentinel_master: str = Field(
@@ -72,6 +75,12 @@ class BrokerSettings(BaseSettings):
     sentinel_password: SecretStr | None = Field(
         default=None, validation_alias="SCORING_BROKER_SENTINEL_PASSWORD"
     )
+    # rediss:// (TLS): the CA that signed the server's certificate (default: the system's
+    # CAs), and a client certificate and key for a server that asks for one. The server's
+    # certificate and host name are always verified.
+    ssl_ca: Path | None = Field(default=None, validation_alias="SCORING_BROKER_SSL_CA")
+    ssl_cert: Path | None = Field(default=None, validation_alias="SCORING_BROKER_SSL_CERT")
+    ssl_key: Path | None = Field(default=None, validation_alias="SCORING_BROKER_SSL_KEY")
 
     def broker_url(self) -> str:
         """The URL with its password: for kombu only, never for a log line."""
@@ -79,6 +88,29 @@ class BrokerSettings(BaseSettings):
 
     def display_url(self) -> str:
         return redact_url(self.broker_url())
+
+    def ssl_options(self) -> dict[str, Any] | None:
+        """redis-py TLS options (Celery's `broker_use_ssl`) for a rediss:// URL; None for a
+        plain one."""
+        if not self.broker_url().startswith("rediss://"):
+            return None
+        import ssl
+
+        options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_check_hostname": True}
+        for key, path in (
+            ("ssl_ca_certs", self.ssl_ca),
+            ("ssl_certfile", self.ssl_cert),
+            ("ssl_keyfile", self.ssl_key),
+        ):
+            if path is not None:
+                options[key] = str(path)
+        return options
+
+    def redis_client(self, **options: Any) -> Any:
+        """A redis-py client of the broker URL, with its TLS options (not for sentinel://)."""
+        import redis
+
+        return redis.Redis.from_url(self.broker_url(), **(self.ssl_options() or {}), **options)
 
     def transport_options(self) -> dict[str, Any]:
         """kombu Redis transport options (see schemas/redis_transport.py)."""
@@ -124,6 +156,7 @@ class BrokerSettings(BaseSettings):
             "task_default_queue": self.requests_queue,
             "broker_connection_retry_on_startup": True,
             "broker_transport_options": self.transport_options(),
+            **({"broker_use_ssl": ssl} if (ssl := self.ssl_options()) else {}),
             "worker_hijack_root_logger": False,
             # On SIGTERM: finish the flush in hand, then requeue what is still buffered.
             "worker_soft_shutdown_timeout": 10.0,

@@ -196,3 +196,63 @@ def test_restored_messages_keep_their_body_byte_for_byte(
         assert message["properties"]["delivery_info"]["routing_key"] == queue
         held[0].requeue()
     assert consume(redis_url, queue, 1) == [body]
+
+
+DIE_WHILE_SCORING = textwrap.dedent(
+    """
+    import os, sys
+    from kombu import Connection, Consumer, Queue
+    from schemas import redis_transport
+    url, queue = sys.argv[1], sys.argv[2]
+    redis_transport.register()
+
+    def on_message(body, message):
+        message.channel.start_scoring([message.delivery_tag])
+        os._exit(7)  # the model took the process down
+
+    with Connection(url, transport_options={"visibility_timeout": 3}) as conn:
+        with Consumer(conn, [Queue(queue)], callbacks=[on_message]):
+            conn.drain_events(timeout=30)
+    """
+)
+
+
+def test_a_scoring_mark_survives_the_worker_and_redelivery_until_acknowledged(
+    redis_url: str, queue: str, client: redis.Redis
+) -> None:
+    """The mark is kept in Redis by delivery tag: a worker that dies while scoring leaves
+    it, a restore keeps it (the redelivered message has the same tag), finishing scoring
+    or acknowledging clears it."""
+    publish(redis_url, queue, [{"i": 5}])
+    died = subprocess.run(
+        [sys.executable, "-c", DIE_WHILE_SCORING, redis_url, queue],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert died.returncode == 7, died.stderr
+    (raw_tag,) = [t for t, raw in client.hgetall("unacked").items() if queue.encode() in raw]
+    tag = raw_tag.decode() if isinstance(raw_tag, bytes) else raw_tag
+    assert client.hget(names.UNFINISHED_KEY, tag) == b"1"
+    time.sleep(3.5)  # its lease expires; the sweep brings it back, mark and all
+    with connection(redis_url) as conn:
+        held: list[Any] = []
+        with Consumer(conn, [Queue(queue)], callbacks=[lambda b, m: held.append(m)]):
+            wait_for(lambda: _drain(conn) or bool(held), timeout=15)
+            message = held.pop()
+            assert message.delivery_tag == tag
+            assert message.delivery_info["redelivered"] is True
+            channel = message.channel
+            assert channel.unfinished([tag, "no-such-tag"]) == [1, 0]
+            channel.start_scoring([tag])
+            message.requeue()  # a restore, as after a death: the count stays
+            wait_for(lambda: _drain(conn) or bool(held), timeout=15)
+            message = held.pop()
+            assert channel.unfinished([message.delivery_tag]) == [2]
+            channel.start_scoring([message.delivery_tag])
+            channel.finish_scoring([message.delivery_tag])  # scored, the worker alive
+            assert channel.unfinished([message.delivery_tag]) == [0]
+            channel.start_scoring([message.delivery_tag])
+            message.ack()
+    assert client.hget(names.UNFINISHED_KEY, tag) is None  # acknowledged: cleared
+    assert unacked_for(client, queue) == 0 and client.llen(queue) == 0

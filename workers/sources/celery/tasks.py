@@ -3,7 +3,9 @@
 celery-batches buffers task messages in the worker and flushes them as one list
 (`flush_every` messages or `flush_interval` seconds). The task turns each message into
 work items, submits them to the process's scorer, waits, and lets the source settle them
-(see source.py) before it returns and the flush is acknowledged. It never raises.
+(see source.py) before it returns and the flush is acknowledged. It never raises. A
+message that came back after its worker died scoring it is scored alone, split, or
+dead-lettered first (see crashes.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from workers.core.chunks import RowChunk
 from workers.core.pipeline import from_epoch
 from workers.sources.base import Outcome, Scorer, WorkItem
 from workers.sources.celery.batches import SettledBatches
+from workers.sources.celery.crashes import CrashGuard
 from workers.sources.celery.prefetch import RowPrefetch
 from workers.sources.celery.source import CelerySource
 
@@ -40,9 +43,21 @@ def register_tasks(
         flush_interval=broker.worker_flush_interval_s,
     )
     def score(task: SettledBatches, requests: list[SimpleRequest]) -> int:
-        items = [item for req in requests for item in work_items(req)]
-        prefetch.observe(len(requests), sum(item.size for item in items))
-        scorer().submit(items).wait()
+        plan = guard.plan(requests)
+        for req, deaths in plan.split:
+            if not guard.split(req, deaths):
+                task.keep_unacked(req)
+        for req, deaths in plan.dead:
+            if not guard.dead_letter(work_items(req)[0], deaths):
+                task.keep_unacked(req)
+        items: list[WorkItem] = []
+        groups = plan.groups()
+        for group, alone in groups:  # the fresh, those that died once, then each loner
+            group_items = [item for req in group for item in work_items(req)]
+            with guard.scoring(group, alone):
+                scorer().submit(group_items).wait()
+            items += group_items
+        prefetch.observe(sum(len(g) for g, _ in groups), sum(item.size for item in items))
         unsettled = source.settle(items)
         for request in unsettled:
             task.keep_unacked(request)
@@ -52,6 +67,7 @@ def register_tasks(
         return len(items)
 
     prefetch = RowPrefetch(score, broker.worker_hold_rows, broker.worker_prefetch)
+    guard = CrashGuard(app, broker.max_deliveries, source.dead_letter)
 
 
 def work_items(req: SimpleRequest) -> list[WorkItem]:
