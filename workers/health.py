@@ -4,7 +4,8 @@
 processes write (SCORING_HEARTBEAT_DIR). Ready: every process has written one (its models
 are warm). Live: every heartbeat is younger than --max-age, or, for one that is older, its
 queue is empty (an idle worker has nothing to prove). A live process that stopped
-consuming while messages wait (celery#10302) fails. Exit 0 healthy, 1 not, 2 misconfigured.
+consuming while messages wait (celery#10302) fails. Exit 0 healthy, 1 not (a probe that
+cannot check, say SCORING_HEARTBEAT_DIR unset, is unhealthy too, and says why).
 """
 
 from __future__ import annotations
