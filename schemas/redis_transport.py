@@ -59,10 +59,17 @@ class LeasedQoS(kombu_redis.QoS):
 
     def ack(self, delivery_tag: str) -> None:
         """kombu's ack (the unacked hash and index), and the message's scoring mark, in one
-        round trip. A restore keeps the mark: it counts deaths across redeliveries."""
+        round trip. A restore keeps the mark: it counts deaths across redeliveries.
+
+        Not a MULTI transaction (kombu's is): a Redis at its maxmemory under `noeviction`
+        refuses every command queued in a MULTI, deletions too, and an ack that fails there
+        stopped the consumer. Each deletion is idempotent; the hash entry goes first, so a
+        process that dies half-way leaves at most an index entry, which the restore sweep
+        drops when it finds no message behind it."""
         with self.channel.conn_or_acquire() as client:
-            pipe = client.pipeline()
-            self._remove_from_indices(delivery_tag, pipe)
+            pipe = client.pipeline(transaction=False)
+            pipe.hdel(self.unacked_key, delivery_tag)
+            pipe.zrem(self.unacked_index_key, delivery_tag)
             pipe.hdel(names.UNFINISHED_KEY, delivery_tag)
             pipe.execute()
         virtual.QoS.ack(self, delivery_tag)

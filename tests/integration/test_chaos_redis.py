@@ -12,6 +12,9 @@ from bench.chaos import ChaosPlan, run_chaos
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+# 25 kills, each waiting for its target to restart and warm up (about 10 s on 2 cores):
+# longer than the suite's 300 s per test.
+@pytest.mark.timeout(720)
 def test_random_sigkills_lose_and_double_nothing(
     pg_server_url: str, redis_url: str, tmp_path: Path
 ) -> None:
