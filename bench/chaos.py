@@ -28,6 +28,8 @@ from typing import Any
 
 import typer
 
+from schemas import names
+
 
 @dataclass(frozen=True)
 class ChaosPlan:
@@ -271,16 +273,15 @@ def _llen(broker_url: str, queue: str) -> int:
 def _busy(broker_url: str, queue: str) -> int:
     """Messages of `queue` still queued or recorded as unacknowledged."""
     client = _client(broker_url)
-    keys = [queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9))]
-    queued = sum(int(client.llen(k)) for k in keys)
+    queued = sum(int(client.llen(k)) for k in names.queue_lists(queue))
     held = sum(queue.encode() in raw for raw in client.hvals("unacked"))
     return queued + held
 
 
 def _drop(broker_url: str, queue: str, dlq: str) -> None:
     client = _client(broker_url)
-    keys = [queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9)), dlq]
-    client.delete(*keys, f"_scoring.doorbell.{queue}", f"_kombu.binding.{queue}")
+    keys = [*names.queue_lists(queue), dlq]
+    client.delete(*keys, f"{names.DOORBELL_PREFIX}{queue}", f"_kombu.binding.{queue}")
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:

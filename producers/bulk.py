@@ -315,6 +315,12 @@ def _finish_enqueue(
 
 def progress(engine: Engine, run_id: str) -> tuple[int, int]:
     """(rows with a result, rows expected): duplicates of earlier runs count as done."""
+    done, total, _ = _progress(engine, run_id)
+    return done, total
+
+
+def _progress(engine: Engine, run_id: str) -> tuple[int, int, str]:
+    """Progress and the run's status, read together (one session per poll)."""
     with session_scope(engine) as session:
         run = session.get(BulkRun, run_id)
         if run is None:
@@ -333,7 +339,7 @@ def progress(engine: Engine, run_id: str) -> tuple[int, int]:
         if run.status == c.RUN_RUNNING and done >= run.enqueued_rows:
             run.status, run.finished_at = c.RUN_DONE, utcnow()
             session.add(run)
-        return done, run.enqueued_rows
+        return done, run.enqueued_rows, run.status
 
 
 def wait(
@@ -359,10 +365,11 @@ def wait(
     last_done, last_change = -1, time.monotonic()
     repairs = 0
     while True:
-        done, total = progress(engine, run_id)
+        done, total, status = _progress(engine, run_id)
+        enqueued = status != c.RUN_ENQUEUING  # the producer is done with the run
         if on_progress:
             on_progress(done, total)
-        if done >= total and _enqueued(engine, run_id):
+        if done >= total and enqueued:
             return True
         now = time.monotonic()
         if done != last_done:
@@ -373,7 +380,7 @@ def wait(
             repair is not None
             and repairs < MAX_REPAIRS
             and now - last_change > lease_s * 2**repairs
-            and _enqueued(engine, run_id)
+            and enqueued
             and queued() == 0
         ):
             missing = incomplete_chunks(engine, run_id)
@@ -388,10 +395,3 @@ def wait(
             repairs += 1
             last_change = now
         time.sleep(poll_s)
-
-
-def _enqueued(engine: Engine, run_id: str) -> bool:
-    """Whether the producer is done with the run (one still enqueuing is not repaired)."""
-    with session_scope(engine) as session:
-        run = session.get(BulkRun, run_id)
-        return run is not None and run.status != c.RUN_ENQUEUING

@@ -12,6 +12,16 @@ SCORE_TASK = "scoring.score"
 REQUESTS_QUEUE = "score-requests"
 # Queue (Redis path) that envelope failures are parked on, with their reason.
 DEAD_LETTER_QUEUE = "score-requests.dlq"
+# kombu's Redis priority steps: a queue is one list per step, the first named as the queue.
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists that hold `queue`'s messages, one per priority step (kombu's
+    `_q_for_pri`): what a depth, a purge or a probe must read, not the queue name alone."""
+    return [queue if p == 0 else f"{queue}\x06\x16{p}" for p in PRIORITY_STEPS]
+
+
 # Redis key prefix of each queue's doorbell: a data-free list that wakes idle workers.
 DOORBELL_PREFIX = "_scoring.doorbell."
 # Redis hash: delivery tag -> times a worker started scoring the message and never finished

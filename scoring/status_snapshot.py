@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, func, select
 
+from schemas import names
 from schemas.db import session_scope
 from schemas.redaction import redact
 from schemas.settings import Settings
 from schemas.tables import BulkRun, ScoreResult, table_of, utcnow
 
-PRIORITY_STEPS = (0, 3, 6, 9)  # kombu's Redis priority lists
 LATENCY_SAMPLE = 100_000
 
 
@@ -66,8 +66,7 @@ def redis_queues(settings: Settings) -> dict[str, Any] | None:
     client = broker.redis_client(socket_timeout=3, socket_connect_timeout=3)
 
     def depth(queue: str) -> int:
-        keys = [queue if p == 0 else f"{queue}\x06\x16{p}" for p in PRIORITY_STEPS]
-        return int(sum(client.llen(k) for k in keys))
+        return int(sum(client.llen(k) for k in names.queue_lists(queue)))
 
     held = 0  # kombu's `unacked` hash serves every queue: count this one's entries
     for _, entry in client.hscan_iter("unacked", count=500):

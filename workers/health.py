@@ -36,8 +36,7 @@ def queue_depth(settings: Settings) -> int:
     """Messages waiting on the requests queue (every priority step)."""
     client = settings.broker.redis_client(socket_timeout=5)
     queue = settings.broker.requests_queue
-    keys = [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]
-    return int(sum(client.llen(k) for k in keys))
+    return int(sum(client.llen(k) for k in names.queue_lists(queue)))
 
 
 def check(settings: Settings, max_age_s: float, ready_only: bool) -> tuple[bool, str]:

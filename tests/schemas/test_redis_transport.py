@@ -34,7 +34,7 @@ def queue() -> Iterator[str]:
 def client(redis_url: str, queue: str) -> Iterator[redis.Redis]:
     r = redis.Redis.from_url(redis_url)
     yield r
-    keys = [queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9))]
+    keys = names.queue_lists(queue)
     r.delete(*keys, f"{names.DOORBELL_PREFIX}{queue}", f"{queue}.dlq")
     for tag, raw in r.hgetall("unacked").items():
         if queue.encode() in raw:

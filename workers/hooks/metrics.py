@@ -97,7 +97,7 @@ class RedisQueueLength(Collector):
             if self._client is None:
                 self._client = self.broker.redis_client(socket_timeout=2)
             queue = self.broker.requests_queue
-            steps = [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]
+            steps = names.queue_lists(queue)
             pipe = self._client.pipeline(transaction=False)
             for key in [*steps, self.broker.dead_letter_queue]:
                 pipe.llen(key)
