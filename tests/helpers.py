@@ -120,3 +120,24 @@ def summary(stdout: str) -> dict[str, str]:
         for line in stdout.splitlines()
         if line.count("│") == 3
     }
+
+
+def free_port(pair: bool = False) -> int:
+    """A free loopback port; with `pair`, one whose next port is free too (a launcher's
+    second process, Kafka's controller)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if not pair:
+            return port
+        if port < 65535:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 1))
+                    return port
+                except OSError:
+                    continue
+    raise AssertionError("no two consecutive free ports")

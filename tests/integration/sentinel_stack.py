@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,15 +9,9 @@ from pathlib import Path
 
 from deploy.services.redis_server import RedisServer
 from deploy.services.sentinel_server import SentinelServer
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 
 PASSWORD = "sentinel-test-pw-1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

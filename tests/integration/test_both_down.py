@@ -4,7 +4,6 @@ stored exactly once and nothing is dead-lettered."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,17 +13,18 @@ from sqlalchemy import text
 
 from deploy.services.redis_server import RedisServer
 from schemas.db import make_engine
-from tests.helpers import count_results, run_scoring, wait_for, worker_env, worker_process
+from tests.helpers import (
+    count_results,
+    free_port,
+    run_scoring,
+    wait_for,
+    worker_env,
+    worker_process,
+)
 from tests.tcp_proxy import proxy_for
 from workers.runtime.models.demo.build import write_csv
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -19,15 +18,9 @@ import pytest
 
 from producers.redis_producer import RedisProducer
 from schemas.broker import celery_app
-from tests.helpers import demo_requests, wait_for
+from tests.helpers import demo_requests, free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(url: str, auth: str | None = None) -> tuple[int, bytes]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -19,26 +18,11 @@ from producers.redis_producer import RedisProducer
 from schemas.broker import celery_app
 from schemas.db import make_engine, session_scope
 from schemas.tables import BatchMetric
-from tests.helpers import count_results, demo_requests, run_scoring, wait_for, worker_env
+from tests.helpers import count_results, demo_requests, free_port, run_scoring, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 
 SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
-
-
-def two_free_ports() -> int:
-    """A port p with p + 1 free too (the launcher's second process takes p + 1)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise AssertionError("no two consecutive free ports")
 
 
 def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
@@ -70,7 +54,7 @@ def test_two_processes_on_one_host_serve_their_own_ports_and_count_exactly(
     redis_url: str, pg_url: str, make_settings, tmp_path: Path, demo_artifact: Path
 ) -> None:
     s = make_settings(broker={"url": redis_url})
-    port = two_free_ports()
+    port = free_port(pair=True)
     env = worker_env(redis_url, pg_url, s, SCORING_METRICS_PORT=str(port))
     registered = run_scoring("models", "register", "demo", str(demo_artifact), env=env)
     assert registered.returncode == 0, registered.stderr

@@ -4,7 +4,6 @@ and every row is scored exactly once."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,17 @@ from sqlalchemy import text
 
 from deploy.services.redis_server import RedisServer
 from schemas.db import make_engine
-from tests.helpers import count_results, run_scoring, wait_for, worker_env, worker_process
+from tests.helpers import (
+    count_results,
+    free_port,
+    run_scoring,
+    wait_for,
+    worker_env,
+    worker_process,
+)
 from workers.runtime.models.demo.build import write_csv
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

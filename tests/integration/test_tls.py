@@ -11,7 +11,6 @@ import datetime as dt
 import ipaddress
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,28 +27,12 @@ from deploy.services.postgres_server import PostgresServer
 from deploy.services.redis_server import RedisServer
 from schemas.db import upgrade
 from schemas.settings import KafkaSettings
-from tests.helpers import demo_requests, run_scoring, wait_for
+from tests.helpers import demo_requests, free_port, run_scoring, wait_for
 from tests.integration.kafka_stack import KafkaStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PASSWORD = "tls-test-pw-7"
-
-
-def free_port(pair: bool = False) -> int:
-    """A free port (and, with `pair`, the next one free too: Kafka's controller)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if not pair or port >= 65535:
-            return port
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from typing import Any
 
@@ -11,7 +10,7 @@ from pydantic import SecretStr
 
 from schemas.settings import BrokerSettings
 from schemas.tables import utcnow
-from tests.helpers import demo_requests
+from tests.helpers import demo_requests, free_port
 from workers import launcher
 from workers.core.service import ScoringService
 from workers.hooks import BatchReport
@@ -158,12 +157,6 @@ def test_a_version_that_fails_to_load_is_counted(demo_pipeline: Any, tmp_path: A
         pipeline.models.get(broken)
     failures = "scoring_model_load_failures_total"
     assert value(m, failures, model="demo", version="1", backend="eager") == 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_metrics_are_served_and_a_taken_port_is_refused() -> None:
