@@ -3,11 +3,12 @@ chunks, resume a run cut short, follow its progress and publish again what went 
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from producers.bulk_ledger import Ledger, incomplete_chunks, mark_republished
 from producers.file_readers import coerce_row, iter_rows
 from producers.redis_producer import RedisProducer
 from schemas import names as c
-from schemas.chunks import max_label_chars
+from schemas.chunks import REQUEST_ID_COLUMN, max_label_chars
 from schemas.db import session_scope
 from schemas.tables import BulkDuplicate, BulkRun, ModelVersion, ScoreResult, utcnow
 from schemas.wire import DEFAULT_MAX_METADATA_BYTES, usable_request_id
@@ -32,6 +33,13 @@ MAX_REPAIRS = 4  # rounds of re-publishing a silent run's incomplete chunks
 TYPED_BLOCK_CHUNKS = 16  # chunks typed by Arrow in one pass
 
 log = logging.getLogger(__name__)
+# What reading a damaged input raises (Arrow's errors are ValueError, OSError or theirs).
+READ_ERRORS = (pa.ArrowException, OSError, ValueError, csv.Error)
+
+
+class UnreadableInput(ValueError):
+    """The input cannot be read to its end (a truncated or corrupt Parquet file, a CSV
+    that is not UTF-8): the run is marked failed with this message as its error."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,13 @@ def enqueue_file(
 
     Every row goes out, good or bad (the worker records the reason for a bad one), except
     rows that cannot even be keyed (a missing or unusable id, a CSV line with the wrong
-    number of fields): those are counted as rejected on the run with their reasons.
+    number of fields): those are counted as rejected on the run with their reasons; and
+    a row whose `id_column` value an earlier row of the input has: it is counted as a
+    duplicate id (total_rows - enqueued_rows - rejected_rows), with its reason, and only
+    the first row with that id is scored (results are unique per id and version).
+
+    Raises UnreadableInput when the input cannot be read to its end; the run is then
+    failed, and the chunks published before are on its ledger.
     """
     source = path if isinstance(path, BulkInput) else BulkInput.parse(path)
     size, sha256 = source.identity()
@@ -168,9 +182,11 @@ def _publish(
     published = ledger.published()
     producer = RedisProducer(app)
     rejections: list[str] = []
+    duplicates: list[str] = []
     enqueued = 0
+    messages = _read(source, _messages(source, model, options, run.id, rejections, duplicates))
     try:
-        for seq, message in enumerate(_messages(source, model, options, run.id, rejections)):
+        for seq, message in enumerate(messages):
             if seq in published:
                 enqueued += len(message) if isinstance(message, list) else message.num_rows
                 continue
@@ -179,12 +195,59 @@ def _publish(
             enqueued += rows
             if on_chunk:
                 on_chunk(enqueued)
+    except UnreadableInput as exc:
+        chunks, rows = ledger.flush()
+        error = _unreadable(run.id, str(exc), chunks, rows, options.id_column)
+        _finish_enqueue(engine, run, rejections, c.RUN_FAILED, error, duplicates)
+        raise UnreadableInput(error) from exc.__cause__
     except BaseException as exc:
         ledger.flush()
-        _finish_enqueue(engine, run, rejections, c.RUN_FAILED, repr(exc))
+        _finish_enqueue(engine, run, rejections, c.RUN_FAILED, repr(exc), duplicates)
         raise
     ledger.flush()
-    return _finish_enqueue(engine, run, rejections, c.RUN_RUNNING, None)
+    return _finish_enqueue(engine, run, rejections, c.RUN_RUNNING, None, duplicates)
+
+
+def _read(source: BulkInput, messages: Iterator[Any]) -> Iterator[Any]:
+    """The messages, with an error raised while reading the input (not while publishing)
+    turned into UnreadableInput: one line naming the input and what is wrong with it."""
+    while True:
+        try:
+            message = next(messages)
+        except StopIteration:
+            return
+        except READ_ERRORS as exc:
+            raise UnreadableInput(f"{source.describe()}: {_what(source, exc)}") from exc
+        yield message
+
+
+def _what(source: BulkInput, exc: BaseException) -> str:
+    # One line: Arrow's text has newlines, and control bytes from a corrupt file.
+    printable = "".join(ch if ch.isprintable() else " " for ch in str(exc))
+    detail = " ".join(printable.split()) or type(exc).__name__
+    if source.kind == "csv" and detail.startswith(("Empty CSV file", "CSV parse error: Empty")):
+        return "empty file (no header row, no rows)"
+    if source.kind in ("parquet", "dataset"):
+        return f"corrupt or truncated Parquet ({detail})"
+    if source.kind == "sql":
+        return f"the query failed ({detail})"
+    return f"cannot be read as {source.kind.upper()} ({detail})"
+
+
+def _unreadable(run_id: str, what: str, chunks: int, rows: int, id_column: str | None) -> str:
+    """The failed run's error: what is wrong, and what became of the rows read before."""
+    if not rows:
+        return f"{what}; run {run_id} failed with nothing published"
+    again = (
+        "the rows scored already count as its duplicates"
+        if id_column
+        else "its default ids are new, so those rows are scored again"
+    )
+    return (
+        f"{what}; run {run_id} failed after publishing {rows} rows ({chunks} chunks), which "
+        "will be scored; --resume cannot fix a corrupt input: repair or re-export it and "
+        f"start a new run ({again})"
+    )
 
 
 def _send(
@@ -221,14 +284,20 @@ def _messages(
     options: BulkOptions,
     run_id: str,
     rejections: list[str],
+    duplicates: list[str] | None = None,
 ) -> Iterator[pa.RecordBatch | list[dict[str, Any]]]:
     """Chunks of `chunk_size` rows: by column where the input is columnar and Arrow types
-    a chunk exactly as the row path would, else as request dicts."""
+    a chunk exactly as the row path would, else as request dicts. Rows whose id an earlier
+    row has are left out, their reasons in `duplicates` (in `rejections` without it): the
+    same rows every time the input is read, so a chunk's number stays its own."""
     if not isinstance(source, BulkInput):
         source = BulkInput.parse(source)
+    reasons = rejections if duplicates is None else duplicates
+    # Default ids (RUN_ID:ROW_NUMBER) are unique by construction: only an id column repeats.
+    seen = _SeenIds(reasons) if options.id_column else None
     if not source.columnar:
         numbered = enumerate(iter_rows(Path(source.location), source.kind), start=1)
-        yield from _chunks(_requests(numbered, model, options, run_id, rejections), options)
+        yield from _chunks(_requests(numbered, model, options, run_id, rejections, seen), options)
         return
     schema = dict(model.input_schema)
     wanted = [*schema, *(c for c in (options.id_column, options.label_column) if c)]
@@ -236,14 +305,48 @@ def _messages(
     label_chars = max_label_chars(options.max_metadata_bytes)
     typing = (schema, run_id, options.id_column, options.label_column, label_chars)
     for block in read_slices(source, columns, TYPED_BLOCK_CHUNKS * options.chunk_size, rejections):
+        first = block.first  # the row number of the chunk's first row
         for chunk in typed_chunks(block, options.chunk_size, *typing):
             if isinstance(chunk, pa.RecordBatch):
-                yield chunk
+                fresh = chunk if seen is None else seen.keep(chunk, first)
+                first += chunk.num_rows
+                if fresh.num_rows:
+                    yield fresh
                 continue
+            first += chunk.rows.num_rows
             numbered = enumerate(chunk.rows.to_pylist(), start=chunk.first)
-            requests = list(_requests(numbered, model, options, run_id, rejections))
+            requests = list(_requests(numbered, model, options, run_id, rejections, seen))
             if requests:
                 yield requests
+
+
+@dataclass
+class _SeenIds:
+    """The ids of an input's rows so far (held in memory, about 80 bytes a row): a row
+    repeating one is a duplicate id, with its reason; the first row with an id is scored."""
+
+    reasons: list[str]
+    ids: set[str] = field(default_factory=set)
+
+    def fresh(self, request_id: str, number: int) -> bool:
+        if request_id in self.ids:
+            self.reasons.append(
+                f"row {number}: duplicate id {request_id!r} (an earlier row has it; "
+                "that row is scored, this one is not)"
+            )
+            return False
+        self.ids.add(request_id)
+        return True
+
+    def keep(self, chunk: pa.RecordBatch, first: int) -> pa.RecordBatch:
+        """The chunk without its rows whose id came before (in it or earlier)."""
+        ids = chunk.column(REQUEST_ID_COLUMN).to_pylist()
+        new = set(ids)
+        if len(new) == len(ids) and self.ids.isdisjoint(new):  # the usual case, at C speed
+            self.ids |= new
+            return chunk
+        mask = [self.fresh(request_id, first + i) for i, request_id in enumerate(ids)]
+        return chunk.filter(pa.array(mask))
 
 
 def _requests(
@@ -252,6 +355,7 @@ def _requests(
     options: BulkOptions,
     run_id: str,
     rejections: list[str],
+    seen: _SeenIds | None = None,
 ) -> Iterator[dict[str, Any]]:
     for number, row in rows:
         if options.id_column:
@@ -266,6 +370,9 @@ def _requests(
         )
         if problem:
             rejections.append(problem)
+            continue
+        assert request_id is not None
+        if seen is not None and not seen.fresh(request_id, number):
             continue
         request: dict[str, Any] = {
             "request_id": request_id,
@@ -299,15 +406,20 @@ def _finish_enqueue(
     rejections: list[str],
     status: str,
     error: str | None,
+    duplicates: Sequence[str] = (),
 ) -> BulkRun:
-    """The run's counts once every chunk went out: enqueued rows are the ledger's."""
+    """The run's counts once every chunk went out: enqueued rows are the ledger's; the
+    rows read are those plus the rejected ones plus the duplicate ids (so that no
+    migration was needed to count them). A run with nothing enqueued is done at once."""
     with session_scope(engine) as session:
         row = session.get(BulkRun, run.id)
         assert row is not None
         row.rejected_rows = len(rejections)
-        row.total_rows = row.enqueued_rows + len(rejections)
+        row.total_rows = row.enqueued_rows + len(rejections) + len(duplicates)
         row.status, row.enqueued_at = status, utcnow()
-        kept = rejections[:MAX_REJECTIONS_KEPT]
+        if status == c.RUN_RUNNING and row.enqueued_rows == 0:
+            row.status, row.finished_at = c.RUN_DONE, row.enqueued_at
+        kept = [*rejections, *duplicates][:MAX_REJECTIONS_KEPT]
         row.error = error or ("\n".join(kept) if kept else None)
         session.add(row)
     return row

@@ -43,7 +43,10 @@ def iter_rows(path: Path, fmt: str | None = None) -> Iterator[dict[str, Any]]:
 
 
 def _csv_rows(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(newline="", encoding="utf-8") as fh:
+    # utf-8-sig: a byte order mark (Excel's "CSV UTF-8") is not part of the first column's
+    # name. newline="": the csv module takes \r\n, \n and a lone \r as line ends, and keeps
+    # a newline inside a quoted field.
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         for row in csv.DictReader(fh):
             yield {k: (None if v == "" else v) for k, v in row.items()}
 
@@ -51,15 +54,24 @@ def _csv_rows(path: Path) -> Iterator[dict[str, Any]]:
 def _parquet_rows(path: Path, batch_rows: int = 8192) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    with pq.ParquetFile(path) as parquet:
+    with pq.ParquetFile(path, page_checksum_verification=True) as parquet:
         for batch in parquet.iter_batches(batch_size=batch_rows):
             yield from batch.to_pylist()
 
 
 def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
+    """One row per line; a line that is not a JSON object, or not UTF-8, is an `__error__`
+    row (rejected with its line number) and the lines after it are still read. Bytes that
+    are not UTF-8 are kept as surrogates (surrogateescape) so that only their line fails,
+    and a byte order mark before the first line is dropped."""
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
+                continue
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:
+                yield {"__error__": f"line {number}: not UTF-8 text"}
                 continue
             try:
                 row = json.loads(line)

@@ -21,6 +21,10 @@ class RunSummary:
     model: str
     enqueued: int
     rejected: int
+    # Rows left out because an earlier row of the input has their id (scored once, there);
+    # `duplicates` are rows whose result an earlier run stored. Rows read from the input
+    # = enqueued + rejected + duplicate_ids; enqueued = results + duplicates + lost.
+    duplicate_ids: int
     ok: int
     invalid: int
     error: int
@@ -84,6 +88,7 @@ def summarize(engine: Engine, run_id: str) -> RunSummary:
         model=f"{run.model_name} v{run.model_version}",
         enqueued=run.enqueued_rows,
         rejected=run.rejected_rows,
+        duplicate_ids=max(0, (run.total_rows or 0) - run.enqueued_rows - run.rejected_rows),
         ok=statuses["ok"],
         invalid=statuses["invalid"],
         error=statuses["error"],

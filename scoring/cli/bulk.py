@@ -5,14 +5,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 
-from scoring.cli.common import console, engine, fail, settings
+from schemas import names
+from scoring.cli.common import console, engine, err_console, fail, settings
 
 if TYPE_CHECKING:
     from celery import Celery
     from sqlalchemy import Engine
 
     from producers.run_summary import RunSummary
+    from schemas.tables import BulkRun
+
+REASONS_SHOWN = 5  # of a run's rejected rows and duplicate ids (20 are kept on the run)
 
 
 def bulk(
@@ -38,7 +43,11 @@ def bulk(
         None, "--from", help="The database URL the --sql query runs on (never recorded)."
     ),
 ) -> None:
-    """Stream FILE (or a query's rows) into chunked requests on Redis and record a bulk run."""
+    """Stream FILE (or a query's rows) into chunked requests on Redis and record a bulk run.
+
+    Exits 2 when nothing could start (no such file, an unknown model), and 1 when the run
+    failed because its input cannot be read to its end (a truncated or corrupt file): one
+    line names the input, what is wrong and how many rows went out before."""
     if status:
         _show_progress(status)
         return
@@ -52,6 +61,8 @@ def bulk(
     if resume:
         try:
             run = bulk_jobs.resume(app, db, resume, url=from_url)
+        except bulk_jobs.UnreadableInput as exc:
+            fail(escape(str(exc)), code=names.EXIT_CHECK_FAILED)
         except ValueError as exc:
             fail(str(exc))
         console.print(f"run {run.id}: resumed, {run.enqueued_rows} rows enqueued in all")
@@ -80,12 +91,20 @@ def bulk(
     )
     try:
         run = bulk_jobs.enqueue_file(app, db, source, record, options)
+    except bulk_jobs.UnreadableInput as exc:
+        fail(escape(str(exc)), code=names.EXIT_CHECK_FAILED)
     except ValueError as exc:
         fail(str(exc))
+    dupes = (run.total_rows or 0) - run.enqueued_rows - run.rejected_rows
     console.print(
-        f"run {run.id}: {run.enqueued_rows} rows enqueued for {model} "
-        f"v{record.version}" + (f", {run.rejected_rows} rejected" if run.rejected_rows else "")
+        f"run {run.id}: {run.enqueued_rows} rows enqueued for {model} v{record.version}"
+        + (f", {run.rejected_rows} rejected" if run.rejected_rows else "")
+        + (f", {dupes} duplicate ids (each id scored once)" if dupes else "")
+        + ("" if run.total_rows else f": {source.describe()} has no rows"),
+        highlight=False,
+        soft_wrap=True,
     )
+    _show_reasons(run)
     if not wait:
         return
     follow(db, run.id, app, s.batching.bulk_lease_s, from_url)
@@ -126,14 +145,26 @@ def follow(
         )
 
 
+def _show_reasons(run: BulkRun) -> None:
+    """The first reasons of a run's rejected rows and duplicate ids, on stderr."""
+    reasons = (run.error or "").splitlines()
+    if not reasons:
+        return
+    for reason in reasons[:REASONS_SHOWN]:
+        err_console.print(f"  {escape(reason)}", highlight=False)
+    left = run.total_rows - run.enqueued_rows - REASONS_SHOWN if run.total_rows else 0
+    if left > 0:
+        err_console.print(f"  … and {left} more (the first 20 are in bulk_runs.error)")
+
+
 def print_summary(summary: RunSummary) -> None:
     from rich.table import Table
 
     table = Table("", "", title=f"run {summary.run_id}: {summary.model}", show_header=False)
     fmt = {"accuracy": "{:.2%}", "rows_per_s": "{:,.0f}"}
     for key, value in summary.as_dict().items():
-        if key in ("run_id", "model"):
-            continue
+        if key in ("run_id", "model") or (key == "duplicate_ids" and not value):
+            continue  # duplicate ids: shown when the input had some
         shown = "n/a" if value is None else fmt.get(key, "{}").format(value)
         table.add_row(key.replace("_", " "), shown)
     console.print(table)
