@@ -297,6 +297,9 @@ def command(
     rows: int = typer.Option(400_000, "--rows", help="Rows in the bulk run."),
     chunk_size: int = typer.Option(16, "--chunk-size", help="Rows per task message."),
     workers: int = typer.Option(2, "--workers", help="Worker processes."),
+    drain_timeout: float = typer.Option(
+        1800.0, "--drain-timeout", help="Seconds the rows left after the last kill may take."
+    ),
     out: Path = typer.Option(Path("bench/results/chaos.json"), "--out", help="JSON report."),
 ) -> None:
     """SIGKILL workers at random instants during a bulk run; count lost and doubled rows."""
@@ -307,7 +310,13 @@ def command(
     if not server.startswith("postgresql"):
         typer.echo('error: needs PostgreSQL and Redis: eval "$(make -s services-env)"', err=True)
         raise typer.Exit(2)
-    plan = ChaosPlan(kills=kills, rows=rows, chunk_size=chunk_size, workers=workers)
+    plan = ChaosPlan(
+        kills=kills,
+        rows=rows,
+        chunk_size=chunk_size,
+        workers=workers,
+        drain_timeout_s=drain_timeout,
+    )
     with tempfile.TemporaryDirectory(prefix="scoring-chaos-") as tmp:
         report = run_chaos(plan, server, settings.broker.broker_url(), Path(tmp), typer.echo)
     out.parent.mkdir(parents=True, exist_ok=True)

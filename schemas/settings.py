@@ -189,6 +189,9 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = Field(default=45_000, ge=6_000)
     # Run the Kafka consumer inside each `scoring worker` process too (`--kafka`).
     in_worker: bool = False
+    # Ground truth that arrives later ({"request_id", "label", "model"}): stored in the
+    # feedback table by every Kafka consumer of scoring (its own group); empty: not read.
+    feedback_topic: str = names.FEEDBACK_TOPIC
 
     def client_config(self) -> dict[str, Any]:
         """Connection options shared by producers, consumers and admin clients.
@@ -298,6 +301,26 @@ class GateSettings(BaseSettings):
     max_latency_ratio_vs_active: float = Field(default=1.5, gt=0)
 
 
+class DriftSettings(BaseSettings):
+    """`scoring drift`: when a window's inputs or predictions count as drifted."""
+
+    model_config = _section("SCORING_DRIFT_")
+
+    # Population stability index per feature and on predicted labels: 0.1 is a moderate
+    # shift, 0.25 a large one. Unshifted demo traffic against its 114-row held-out
+    # reference reaches 0.22 (a small reference is noisy): hence not the usual 0.2.
+    psi_threshold: float = Field(default=0.25, gt=0)
+    # Kolmogorov-Smirnov on the binned distributions: drifted when p < ks_alpha and the
+    # statistic (the largest gap between the two CDFs) is at least ks_min_statistic: with
+    # thousands of rows, gaps of a few points are "significant" and not worth an alarm.
+    ks_alpha: float = Field(default=0.001, gt=0, lt=1)
+    ks_min_statistic: float = Field(default=0.2, ge=0, le=1)
+    # Below this many scored rows in the window there is no verdict (exit 0, said so).
+    min_rows: int = Field(default=200, ge=1)
+    # Accuracy on ground truth below this fails the check too (unset: not checked).
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)
+
+
 class FlowerSettings(BaseSettings):
     """Flower, which never runs without authentication."""
 
@@ -319,6 +342,7 @@ class Settings(BaseModel):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
 
     @classmethod

@@ -139,7 +139,10 @@ class BatchMetric(SQLModel, table=True):
     queue_wait_ms: float
     inference_ms: float
     rows_per_s: float
-    created_at: datetime = Field(default_factory=utcnow)
+    # What the call scored on its version's drift bins (schemas/drift_bins.summarize):
+    # per-feature counts and predicted labels, never raw rows. None: no reference.
+    summary: dict[str, Any] | None = _json()
+    created_at: datetime = Field(default_factory=utcnow, index=True)
 
 
 class BulkRun(SQLModel, table=True):

@@ -46,6 +46,7 @@ def snapshot(
         "workers": _guard(lambda: celery_workers(settings)),
         "models": models,
         "traffic": traffic(engine, minutes),
+        "quality": quality(engine, minutes),
         "bulk_runs": bulk_runs(engine),
     }
 
@@ -161,6 +162,34 @@ def model_versions(engine: Engine) -> list[dict[str, Any]]:
         for v in registry.list_versions(engine)
         if v.status in ("active", "staged")
     ]
+
+
+def quality(engine: Engine, minutes: float) -> list[dict[str, Any]]:
+    """Per version: accuracy on the ground truth (feedback) of results scored in the
+    window, and the verdict of its latest `scoring drift` report (of the last day)."""
+    from datetime import timedelta
+
+    from schemas.monitoring import accuracy_by_version, latest_drift
+
+    now = utcnow()
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in accuracy_by_version(engine, now - timedelta(minutes=minutes)):
+        out[(row["model"], row["version"])] = {**row, "drift": None}
+    for report in latest_drift(engine, now - timedelta(days=1)):
+        key = (report["model"], report["version"])
+        entry = out.setdefault(
+            key,
+            {"model": key[0], "version": key[1], "labelled": 0, "correct": 0, "accuracy": None},
+        )
+        features = (report["stats"] or {}).get("features") or {}
+        top = max(features.items(), key=lambda kv: kv[1]["psi"], default=None)
+        entry["drift"] = {
+            "drifted": report["drifted"],
+            "at": report["created_at"].isoformat(timespec="seconds"),
+            "drifted_features": sorted(k for k, v in features.items() if v["drifted"]),
+            "top_feature": {"name": top[0], "psi": top[1]["psi"]} if top else None,
+        }
+    return [out[k] for k in sorted(out)]
 
 
 def traffic(engine: Engine, minutes: float) -> dict[str, Any]:

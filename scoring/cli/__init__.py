@@ -44,7 +44,19 @@ COMMANDS: dict[str, Lazy] = {
         "scoring.cli.status:status",
         "Queues, Kafka lag, workers, model versions, recent traffic and bulk runs.",
     ),
+    "drift": Lazy(
+        "scoring.cli.drift:drift",
+        "Drift of a version's inputs and predictions against its held-out reference.",
+    ),
+    "feedback": Lazy(
+        "scoring.cli.feedback:feedback",
+        "Store ground-truth labels (request_id, label) for results scored earlier.",
+    ),
     "bench": Lazy("scoring.cli.bench:app", "Benchmarks (JSON out, ratios vs baselines)."),
+    "report": Lazy(
+        "scoring.cli.report:report",
+        "Write plots of the last --since to one self-contained HTML file.",
+    ),
 }
 
 

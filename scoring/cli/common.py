@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
@@ -54,3 +55,16 @@ def engine() -> Engine:
 def fail(message: str, code: int = names.EXIT_USAGE) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
     raise typer.Exit(code)
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `30m`, `1h`, `7d` (or plain seconds) as a timedelta; usage error otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(value) * units[unit]
+    except ValueError:
+        fail(f"{text!r} is not a duration: write 90s, 30m, 1h or 7d")
+    if seconds <= 0:
+        fail(f"{text!r}: a duration must be positive")
+    return timedelta(seconds=seconds)

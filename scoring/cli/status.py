@@ -48,6 +48,7 @@ def render(snap: dict[str, Any]) -> Group:
     parts: list[Any] = [f"[bold]scoring status[/] at {snap['at']} UTC"]
     parts += [_queues(snap["queues"]), _kafka(snap["kafka"]), _workers(snap["workers"])]
     parts += [_models(snap["models"]), _traffic(snap["traffic"], snap["window_minutes"])]
+    parts.append(_quality(snap.get("quality") or [], snap["window_minutes"]))
     parts.append(_runs(snap["bulk_runs"]))
     return Group(*[p for p in parts if p is not None])
 
@@ -105,6 +106,26 @@ def _models(m: Any) -> Any:
         table.add_row(
             v["name"], str(v["version"]), v["status"], v["backend"], v["activated_at"] or ""
         )
+    return table
+
+
+def _quality(q: list[dict[str, Any]], minutes: float) -> Any:
+    if not q:
+        return f"quality: no ground truth in the last {minutes:g} minutes and no drift report"
+    table = Table(
+        "model", "version", "accuracy", "labelled", "drift (latest report)", "top PSI",
+        title=f"quality: accuracy on feedback (last {minutes:g} minutes), drift",
+    )  # fmt: skip
+    for v in q:
+        drift, acc = v["drift"], v["accuracy"]
+        verdict = "-" if drift is None else ("[red]DRIFT[/]" if drift["drifted"] else "none")
+        if drift and drift["drifted_features"]:
+            verdict += f" ({', '.join(drift['drifted_features'][:3])})"
+        top = drift and drift["top_feature"]
+        table.add_row(
+            v["model"], str(v["version"]), "-" if acc is None else f"{acc:.2%}",
+            str(v["labelled"]), verdict, f"{top['name']} {top['psi']:.3f}" if top else "-",
+        )  # fmt: skip
     return table
 
 

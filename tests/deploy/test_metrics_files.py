@@ -21,9 +21,10 @@ METRIC = re.compile(r"\bscoring_[a-z0-9_]+\b")
 
 
 def exported() -> set[str]:
-    """Every series a worker can export: with Redis and with the Kafka lag reader."""
+    """Every series a worker can export: with Redis, the Kafka lag reader and drift."""
     metrics = WorkerMetrics("w", BrokerSettings())
     metrics.add_kafka_lag(list)
+    metrics.add_drift(dict)
     return metrics.metric_names()
 
 

@@ -34,6 +34,9 @@ class KafkaStack:
     requests: str
     results: str
     dlq: str
+    # The feedback topic its processes read (empty: none, so that no test's processes
+    # read the shared default topic and dead-letter what others left there).
+    feedback: str = ""
     group: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -70,6 +73,7 @@ class KafkaStack:
             "SCORING_KAFKA_TOPIC": self.requests,
             "SCORING_KAFKA_RESULTS_TOPIC": self.results,
             "SCORING_KAFKA_DLQ_TOPIC": self.dlq,
+            "SCORING_KAFKA_FEEDBACK_TOPIC": self.feedback,
             "SCORING_KAFKA_GROUP": self.group,
             # A killed consumer's partitions move after 6 s (the broker's minimum).
             "SCORING_KAFKA_SESSION_TIMEOUT_MS": "6000",
@@ -85,6 +89,7 @@ class KafkaStack:
                     "topic": self.requests,
                     "results_topic": self.results,
                     "dlq_topic": self.dlq,
+                    "feedback_topic": self.feedback,
                     "group": self.group,
                 }
             ),

@@ -12,6 +12,7 @@ from workers.core.service import ScoringService
 from workers.core.sink import ResultSink
 from workers.core.switch import VersionWatcher
 from workers.hooks import BatchHook
+from workers.hooks.drift_metrics import from_database
 from workers.hooks.heartbeat import Heartbeat
 from workers.hooks.metrics import WorkerMetrics
 from workers.runtime.loaded import ModelCache, pick_device
@@ -46,6 +47,8 @@ def build_context(
     metrics = _metrics(settings, worker)
     db = settings.database
     engine = make_engine(db.sqlalchemy_url())
+    if metrics is not None:  # drift and accuracy gauges, read from the database on scrape
+        metrics.add_drift(from_database(engine))
     sink = ResultSink(engine, db.retries, db.retry_backoff_s)
     models = ModelCache(pick_device(), listener=metrics)
     watcher = VersionWatcher(engine, models, listener=metrics)

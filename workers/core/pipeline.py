@@ -27,10 +27,12 @@ from schemas import names as c
 from schemas.tables import utcnow
 from schemas.wire import DEFAULT_MAX_METADATA_BYTES, InputError, ScoreRequest, check_inputs
 from workers.core.chunks import CheckedChunk, RowChunk, check_chunk
+from workers.core.oom import ALONE, BatchLimits, Fit, is_out_of_memory
 from workers.core.result_rows import metric_row, ms_between, result_row
 from workers.core.sink import ResultSink, SinkUnavailable
 from workers.core.switch import Switch, VersionWatcher
 from workers.hooks import BatchReport
+from workers.hooks.drift import call_summary
 from workers.runtime import registry
 from workers.runtime.artifacts import ArtifactError
 from workers.runtime.loaded import LoadedModel, ModelCache, rows_of
@@ -78,6 +80,7 @@ class ScoringPipeline:
         models: ModelCache,
         config: PipelineConfig,
         versions: VersionWatcher | None = None,
+        batch_limits: BatchLimits | None = None,
     ) -> None:
         self.engine = engine
         self.sink = sink
@@ -86,6 +89,8 @@ class ScoringPipeline:
         # With a watcher, requests naming no version get the version it serves (switched
         # between batches once warm); without one, the registry's, read once per batch.
         self.versions = versions
+        # Versions whose calls ran out of memory are cut smaller from then on (oom.py).
+        self.batch_limits = batch_limits if batch_limits is not None else BatchLimits()
         self._records: dict[tuple[str, int], Any] = {}
         self._last_call: dict[str, str] = {}  # model name -> batch_id of its last call
         self._cutting: dict[str, Switch] = {}  # switches taken, first call not seen yet
@@ -119,6 +124,7 @@ class ScoringPipeline:
         for work in chunks:
             metrics += self._run_chunk_columns(work, rows)
         report.rows, report.calls = rows, metrics
+        report.batch_limits = self.batch_limits.lowered()
         self._note_calls(metrics)
         self.sink.write(rows, metrics)
         report.stored = True
@@ -211,11 +217,13 @@ class ScoringPipeline:
     ) -> tuple[int, float] | None:
         """The (max_batch_size, max_wait_s) of the version `item` will be scored by, when
         that version is loaded and at least one of its limits is tighter than the given
-        (the process's) ones; None otherwise, or when the payload does not say cheaply."""
+        (the process's) ones; None otherwise, or when the payload does not say cheaply.
+        A version's max_batch_size counts as lowered once its calls ran out of memory."""
+        lowered = self.batch_limits.lowered()
         tighter = {
-            key: (size, wait_ms / 1000)
+            key: (min(size, lowered.get(key, size)), wait_ms / 1000)
             for key, (size, wait_ms) in self.models.limits.items()
-            if size < max_size or wait_ms / 1000 < max_wait_s
+            if min(size, lowered.get(key, size)) < max_size or wait_ms / 1000 < max_wait_s
         }
         if not tighter:
             return None
@@ -285,25 +293,25 @@ class ScoringPipeline:
             groups[(scored.model.name, scored.model.version)].append(scored)
         metrics = []
         for group in groups.values():
-            model = group[0].model
-            for start in range(0, len(group), model.max_batch_size):
-                chunk = group[start : start + model.max_batch_size]
+            model, start = group[0].model, 0
+            while start < len(group):  # the limit is read again: a call may have lowered it
+                chunk = group[start : start + self.batch_limits.limit(model)]
+                start += len(chunk)
                 metrics.append(self._run_chunk(model, chunk, rows))
         return metrics
 
     def _run_chunk_columns(self, work: ChunkWork, rows: list[dict[str, Any]]) -> list[dict]:
-        """Score a chunk's valid rows by column, `max_batch_size` at a time; if the model
-        raises, score that slice row by row to find the request(s) that fail it."""
+        """Score a chunk's valid rows by column, `max_batch_size` (or the version's lowered
+        limit) at a time; if the model raises, score that slice row by row to find the
+        request(s) that fail it; if it runs out of memory, split the slice and retry."""
         model, checked, metrics = work.model, work.checked, []
-        for start in range(0, len(checked.valid), model.max_batch_size):
-            stop = min(len(checked.valid), start + model.max_batch_size)
+        start = 0
+        while start < len(checked.valid):
+            stop = min(len(checked.valid), start + self.batch_limits.limit(model))
             columns = {k: v[start:stop] for k, v in checked.columns.items()}
             batch_id, began, t0 = uuid.uuid4().hex[:16], utcnow(), time.perf_counter()
-            scored: list[tuple[dict[str, Any] | None, str | None]]
-            try:
-                scored = [(out, None) for out in model.predict_columns(columns, stop - start)]
-            except Exception:  # noqa: BLE001 - a model may raise anything; we record it
-                scored = _predict_each(model, rows_of(columns))
+            with self.batch_limits.search(model) as fit:
+                scored = _predict_columns(model, columns, stop - start, fit)
             inference_ms = (time.perf_counter() - t0) * 1000
             indices = checked.valid[start:stop].tolist()
             rows += self._chunk_rows(
@@ -326,8 +334,10 @@ class ScoringPipeline:
                     {work.item.source: stop - start},
                     [wait] * (stop - start) if wait is not None else [],
                     inference_ms,
+                    call_summary(model.reference, columns, None, [out for out, _ in scored]),
                 )
             )
+            start = stop
         return metrics
 
     def _chunk_rows(
@@ -373,7 +383,8 @@ class ScoringPipeline:
         batch_id = uuid.uuid4().hex[:16]
         began = utcnow()
         t0 = time.perf_counter()
-        _predict_isolating_failures(model, chunk)
+        with self.batch_limits.search(model) as fit:
+            _predict_isolating_failures(model, chunk, fit)
         inference_ms = (time.perf_counter() - t0) * 1000
         waits = [ms_between(s.item.enqueued_at, began) for s in chunk]
         for scored in chunk:
@@ -392,7 +403,10 @@ class ScoringPipeline:
                 )
             )
         mix = dict(Counter(s.item.source for s in chunk))
-        return metric_row(model, self.config.worker, batch_id, mix, waits, inference_ms)
+        summary = call_summary(
+            model.reference, None, [s.inputs for s in chunk], [s.outputs for s in chunk]
+        )
+        return metric_row(model, self.config.worker, batch_id, mix, waits, inference_ms, summary)
 
     def _row(
         self, item: WorkItem, request: ScoreRequest, model: LoadedModel, status: str, **fields: Any
@@ -455,25 +469,79 @@ def _database_needed() -> Iterator[None]:
         raise SinkUnavailable(f"database unavailable: {exc.orig!r}") from exc
 
 
-def _predict_isolating_failures(model: LoadedModel, chunk: list[Scored]) -> None:
+Outcomes = list[tuple[dict[str, Any] | None, str | None]]  # (outputs, error) per input
+
+
+def _predict_isolating_failures(model: LoadedModel, chunk: list[Scored], fit: Fit) -> None:
     for scored, (outputs, error) in zip(
-        chunk, _predict_each(model, [s.inputs for s in chunk]), strict=True
+        chunk, _predict_each(model, [s.inputs for s in chunk], fit), strict=True
     ):
         scored.outputs, scored.error = outputs, error
 
 
 def _predict_each(
-    model: LoadedModel, inputs: list[dict[str, Any]]
-) -> list[tuple[dict[str, Any] | None, str | None]]:
-    """(outputs, error) per input; if the model raises, split in halves to find the bad
-    input(s)."""
+    model: LoadedModel, inputs: list[dict[str, Any]], fit: Fit, ceiling: int | None = None
+) -> Outcomes:
+    """(outputs, error) per input. If the model raises, split in halves to find the bad
+    input(s); if it runs out of memory, split in halves and retry (workers/core/oom.py):
+    only a single row that runs out on its own gets an error. A half that would run as
+    many rows as the call that ran out (`ceiling`: compiled backends pad) is split without
+    being tried. Retries start once the exception is handled, so that the tensors its
+    frames hold are freed first."""
+    n = len(inputs)
+    if not fit.worth_trying(n, ceiling):
+        return _halves(model, inputs, fit, ceiling)
     try:
-        return [(out, None) for out in model.predict(inputs)]
+        outputs = model.predict(inputs)
     except Exception as exc:  # noqa: BLE001 - a model may raise anything; we record it
-        if len(inputs) == 1:
-            return [(None, f"model failed: {_short(exc)}")]
-        middle = len(inputs) // 2
-        return _predict_each(model, inputs[:middle]) + _predict_each(model, inputs[middle:])
+        problem, out_of_memory = _short(exc), is_out_of_memory(exc)
+    else:
+        fit.succeeded(n)
+        return [(out, None) for out in outputs]
+    if not out_of_memory:
+        if n == 1:
+            return [(None, f"model failed: {problem}")]
+        return _halves(model, inputs, fit, ceiling)
+    ceiling = fit.ran_out(n)
+    if n == 1:
+        return [(None, f"{ALONE}: {problem}")]
+    return _halves(model, inputs, fit, ceiling)
+
+
+def _halves(
+    model: LoadedModel, inputs: list[dict[str, Any]], fit: Fit, ceiling: int | None
+) -> Outcomes:
+    middle = len(inputs) // 2
+    return _predict_each(model, inputs[:middle], fit, ceiling) + _predict_each(
+        model, inputs[middle:], fit, ceiling
+    )
+
+
+def _predict_columns(
+    model: LoadedModel, columns: dict[str, Any], n: int, fit: Fit, ceiling: int | None = None
+) -> Outcomes:
+    """(outputs, error) per row of `columns`, in one call by column. If the model runs out
+    of memory, each half is tried again by column (as in `_predict_each`); if it raises
+    anything else, the rows are scored as dicts by `_predict_each` to find the bad one(s)."""
+    if fit.worth_trying(n, ceiling):
+        try:
+            outputs = model.predict_columns(columns, n)
+        except Exception as exc:  # noqa: BLE001 - a model may raise anything; we record it
+            problem, out_of_memory = _short(exc), is_out_of_memory(exc)
+        else:
+            fit.succeeded(n)
+            return [(out, None) for out in outputs]
+        if not out_of_memory:
+            return _predict_each(model, rows_of(columns), fit, ceiling)
+        ceiling = fit.ran_out(n)
+        if n == 1:
+            return [(None, f"{ALONE}: {problem}")]
+    middle = n // 2
+    first = {k: v[:middle] for k, v in columns.items()}
+    rest = {k: v[middle:] for k, v in columns.items()}
+    return _predict_columns(model, first, middle, fit, ceiling) + _predict_columns(
+        model, rest, n - middle, fit, ceiling
+    )
 
 
 def _model_of(payload: Any) -> tuple[str | None, int | None]:

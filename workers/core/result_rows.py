@@ -59,8 +59,10 @@ def metric_row(
     source_mix: dict[str, int],
     waits: list[float | None],
     inference_ms: float,
+    summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The batch_metrics row of one model call over sum(source_mix) requests."""
+    """The batch_metrics row of one model call over sum(source_mix) requests, with the
+    call's drift summary (workers/hooks/drift.py)."""
     size = sum(source_mix.values())
     known = [w for w in waits if w is not None]
     return {
@@ -75,6 +77,7 @@ def metric_row(
         "queue_wait_ms": sum(known) / len(known) if known else 0.0,
         "inference_ms": inference_ms,
         "rows_per_s": size / max(inference_ms / 1000, 1e-9),
+        "summary": summary,
         "created_at": utcnow(),
     }
 

@@ -22,12 +22,15 @@ class BatchReport:
     batch_metrics rows (one per model call: size, inference_ms), `dead` every item it
     dead-lettered (parts of a bulk chunk included). `stored` is False when the batch was
     sent back (the database refused it): then nothing of `rows` is in the database.
+    `batch_limits` holds every version whose calls ran out of memory in this process,
+    with the batch size it is now cut at (workers/core/oom.py).
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
     dead: list[WorkItem] = field(default_factory=list)
     stored: bool = False
+    batch_limits: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 class BatchHook(Protocol):

@@ -230,6 +230,13 @@ class WorkerMetrics:
             ["model", "version"],
             registry=r,
         )
+        self.batch_limit = Gauge(
+            "scoring_batch_limit",
+            "Most requests one model call of a version holds: its max_batch_size, lowered "
+            "after a call ran out of memory (until the process restarts).",
+            ["model", "version"],
+            registry=r,
+        )
         self.model_info = Info(
             "scoring_model",
             "A version loaded in this process: its backend and device.",
@@ -250,6 +257,7 @@ class WorkerMetrics:
             self.warm_up_seconds,
             self.load_failures,
             self.switches,
+            self.batch_limit,
             self.model_info,
         ]
         if broker is not None:
@@ -259,6 +267,13 @@ class WorkerMetrics:
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
         self.collectors.append(collector)
+
+    def add_drift(self, read: Callable[[], Any], ttl_s: float = 30.0) -> None:
+        """Export the latest drift reports and the accuracy on ground truth (read from the
+        database by `read`, at most every `ttl_s`: workers/hooks/drift_metrics.py)."""
+        from workers.hooks.drift_metrics import DriftCollector
+
+        self.add_collector(DriftCollector(read, ttl_s))
 
     def add_kafka_lag(self, read: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
         self.add_collector(KafkaLag(read))
@@ -283,6 +298,8 @@ class WorkerMetrics:
         for call in report.calls:
             model, version = call["model_name"], str(call["model_version"])
             self.inference.labels(model, version).observe(call["inference_ms"] / 1000)
+        for (model, number), size in report.batch_limits.items():
+            self.batch_limit.labels(model, str(number)).set(size)
         if report.stored:
             self._count_rows(report.rows)
         else:
@@ -310,6 +327,7 @@ class WorkerMetrics:
         labels = (model.name, str(model.version), model.backend)
         self.load_seconds.labels(*labels).set(load_s)
         self.warm_up_seconds.labels(*labels).set(warm_up_s)
+        self.batch_limit.labels(model.name, str(model.version)).set(model.max_batch_size)
         self.model_info.labels(model.name, str(model.version)).info(
             {"backend": model.backend, "device": model.device, "worker": self.worker}
         )

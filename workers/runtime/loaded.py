@@ -40,6 +40,8 @@ class LoadedModel:
     architecture: Architecture
     module: torch.nn.Module
     runner: Any = field(repr=False, default=None)  # what serves: module or its compiled form
+    # The version's drift bins (schemas/drift_bins.py): each model call is summarised on them.
+    reference: dict[str, Any] | None = field(repr=False, default=None)
 
     def predict(self, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Score schema-checked inputs; raises whatever the model raises.
@@ -136,6 +138,7 @@ def load_model(
         architecture=architecture,
         module=module,
         runner=apply_backend(module, backend, device, record.config, tensorrt=target),
+        reference=record.reference_stats,
     )
 
 

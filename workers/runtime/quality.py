@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,8 @@ def validate(
         "rows": len(inputs),
         "thresholds": thresholds.__dict__,
         "reference_accuracy": _accuracy(ref_out, labels),
+        # fp32's predicted labels on the held-out rows: the drift reference of predictions
+        "reference_predictions": dict(Counter(str(o.get("label")) for o in ref_out)),
         "candidates": {},
     }
     live = None

@@ -106,7 +106,7 @@ def register(
             precision=runtime.get("precision", "fp32"),
             max_batch_size=int(runtime.get("max_batch_size", 256)),
             max_wait_ms=float(runtime.get("max_wait_ms", 10.0)),
-            reference_stats=manifest.get("reference_stats"),
+            reference_stats=reference_of(manifest),
             training=training,
             status=c.VERSION_ACTIVE if version == 1 else c.VERSION_STAGED,
             activated_at=utcnow() if version == 1 else None,
@@ -116,6 +116,20 @@ def register(
         if version == 1:
             _event(session, name, 1, "promote", "first version")
     return record
+
+
+def reference_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The drift reference of a new version: its held-out rows binned per feature, with
+    their labels (schemas/drift_bins.py); validation adds what the model predicts on them.
+    An artifact without held-out rows keeps whatever reference its manifest carries."""
+    from schemas import drift_bins  # numpy: only where a version is registered
+
+    rows = manifest.get("validation_set") or []
+    if not rows:
+        return manifest.get("reference_stats")
+    schema: dict[str, str] = manifest["input_schema"]
+    columns = {name: [r["inputs"].get(name) for r in rows] for name in schema}
+    return drift_bins.reference(columns, schema, labels=[r.get("label") for r in rows])
 
 
 def list_versions(engine: Engine, name: str | None = None) -> list[ModelVersion]:
@@ -398,6 +412,9 @@ def save_report(engine: Engine, name: str, version: int, report: dict[str, Any])
         session.flush()
         assert kept.id is not None
         record.validation_report = {**report, "report_id": kept.id}
+        predictions = report.get("reference_predictions")
+        if predictions and record.reference_stats:  # what fp32 predicts on the held-out rows
+            record.reference_stats = {**record.reference_stats, "predictions": predictions}
         session.add(record)
         _event(
             session,

@@ -14,6 +14,7 @@ from kafka.errors import KafkaError
 
 from schemas.settings import Settings
 from workers.sources.base import Scorer
+from workers.sources.kafka.feedback import FeedbackThread
 from workers.sources.kafka.source import MAX_BACKOFF_S, StreamStats, StreamTopics, StreamWorker
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,33 @@ def run_stream(
 ) -> StreamStats:
     """Run a stream worker until `stop`; reconnects with backoff when Kafka fails.
     `on_open` sees each new consumer (the process routes Kafka dead letters to it)."""
-    total, failures = StreamStats(), 0
+    total = StreamStats()
+    feedback = _feedback_thread(settings)
+    try:
+        _serve(settings, scorer, stop, on_open, total)
+    finally:
+        if feedback is not None:
+            feedback.stop()
+    return total
+
+
+def _feedback_thread(settings: Settings) -> FeedbackThread | None:
+    """The feedback topic's consumer beside the requests' (none when the topic is unset)."""
+    if not settings.kafka.feedback_topic:
+        return None
+    from schemas.db import make_engine
+
+    return FeedbackThread(settings, make_engine(settings.database.sqlalchemy_url())).start()
+
+
+def _serve(
+    settings: Settings,
+    scorer: Scorer,
+    stop: threading.Event,
+    on_open: Callable[[StreamWorker], None] | None,
+    total: StreamStats,
+) -> None:
+    failures = 0
     while not stop.is_set():
         try:
             worker = open_worker(settings, scorer)
@@ -105,7 +132,6 @@ def run_stream(
                 setattr(total, name, getattr(total, name) + value)
         if failures:
             stop.wait(min(2.0**failures, MAX_BACKOFF_S))
-    return total
 
 
 def _close_quietly(worker: StreamWorker) -> None:

@@ -68,10 +68,6 @@ def train(
         "config": {"features": names, "hidden": hidden or HIDDEN, "labels": LABELS},
         "input_schema": {n: "float" for n in names},
         "runtime": {"backend": "eager", "max_batch_size": 256, "max_wait_ms": 10},
-        "reference_stats": {
-            n: {"mean": float(x[:, i].mean()), "std": float(x[:, i].std())}
-            for i, n in enumerate(names)
-        },
         "training": {
             "seed": seed,
             "epochs": epochs,
