@@ -25,6 +25,7 @@ from producers.redis_producer import RedisProducer
 from schemas import names as c
 from schemas.chunks import REQUEST_ID_COLUMN, max_label_chars
 from schemas.db import session_scope
+from schemas.redaction import redact
 from schemas.tables import BulkDuplicate, BulkRun, ModelVersion, ScoreResult, utcnow
 from schemas.wire import DEFAULT_MAX_METADATA_BYTES, usable_request_id
 
@@ -197,12 +198,12 @@ def _publish(
                 on_chunk(enqueued)
     except UnreadableInput as exc:
         chunks, rows = ledger.flush()
-        error = _unreadable(run.id, str(exc), chunks, rows, options.id_column)
+        error = redact(_unreadable(run.id, str(exc), chunks, rows, options.id_column))
         _finish_enqueue(engine, run, rejections, c.RUN_FAILED, error, duplicates)
         raise UnreadableInput(error) from exc.__cause__
     except BaseException as exc:
         ledger.flush()
-        _finish_enqueue(engine, run, rejections, c.RUN_FAILED, repr(exc), duplicates)
+        _finish_enqueue(engine, run, rejections, c.RUN_FAILED, redact(repr(exc)), duplicates)
         raise
     ledger.flush()
     return _finish_enqueue(engine, run, rejections, c.RUN_RUNNING, None, duplicates)

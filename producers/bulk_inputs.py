@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from producers.file_readers import detect_format
+from schemas.redaction import keep_secret, url_password
 
 SQL_FETCH_ROWS = 8192
 GLOB_CHARS = frozenset("*?[")
@@ -56,6 +57,7 @@ class BulkInput:
     def query(cls, sql: str, url: str) -> BulkInput:
         if not sql.strip():
             raise ValueError("--sql needs a query")
+        keep_secret(url_password(url))  # masked in every error this process shows or stores
         return cls("sql", sql, url)
 
     @property

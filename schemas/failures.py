@@ -6,7 +6,7 @@ imported to explain an error that did not come from it.
 
 from __future__ import annotations
 
-from schemas.redaction import redact
+from schemas.redaction import redact, url_password
 
 
 def explain(exc: BaseException, settings: object | None = None) -> str | None:
@@ -104,26 +104,16 @@ def _secrets(settings: object) -> list[str | None]:
     found: list[str | None] = []
     for section in ("database", "broker", "kafka", "flower"):
         part = getattr(settings, section, None)
-        for name in ("url", "password", "auth"):
+        for name in ("url", "password", "auth", "sentinel_password"):
             value = getattr(part, name, None)
             getter = getattr(value, "get_secret_value", None)
             if not callable(getter):
                 continue
             secret = getter()
             if name == "url":
-                found.append(_url_password(secret))
+                found.append(url_password(secret))
             elif name == "auth" and ":" in secret:
                 found.append(secret.split(":", 1)[1])
             else:
                 found.append(secret)
     return found
-
-
-def _url_password(url: str) -> str | None:
-    from urllib.parse import unquote, urlsplit
-
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return None
-    return unquote(password) if password else None

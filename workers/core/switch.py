@@ -24,7 +24,7 @@ from typing import Protocol
 
 from sqlalchemy import Engine
 
-from schemas.redaction import redact
+from schemas.redaction import redact, url_password
 from workers.runtime import registry
 from workers.runtime.loaded import ModelCache
 
@@ -133,7 +133,10 @@ class VersionWatcher:
                 failing = False
             except Exception as exc:  # noqa: BLE001 - the watcher outlives a database outage
                 if not failing:  # one line per outage, no traceback (it may hold a URL)
-                    reason = redact(str(exc).splitlines()[0] if str(exc) else "")
+                    url = self.engine.url.render_as_string(hide_password=False)
+                    reason = redact(
+                        str(exc).splitlines()[0] if str(exc) else "", [url_password(url)]
+                    )
                     log.warning(
                         "cannot read the active versions (%s: %s); will retry",
                         type(exc).__name__,
