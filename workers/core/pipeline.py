@@ -27,7 +27,8 @@ from schemas import names as c
 from schemas.tables import utcnow
 from schemas.wire import DEFAULT_MAX_METADATA_BYTES, InputError, ScoreRequest, check_inputs
 from workers.core.chunks import CheckedChunk, RowChunk, check_chunk
-from workers.core.oom import ALONE, BatchLimits, Fit, is_out_of_memory
+from workers.core.model_calls import score_columns, score_rows, short_error
+from workers.core.oom import BatchLimits, Fit
 from workers.core.result_rows import metric_row, ms_between, result_row
 from workers.core.sink import ResultSink, SinkUnavailable
 from workers.core.switch import Switch, VersionWatcher
@@ -35,7 +36,7 @@ from workers.hooks import BatchReport
 from workers.hooks.drift import call_summary
 from workers.runtime import registry
 from workers.runtime.artifacts import ArtifactError
-from workers.runtime.loaded import LoadedModel, ModelCache, rows_of
+from workers.runtime.loaded import LoadedModel, ModelCache
 from workers.sources.base import Outcome, WorkItem
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ class ScoringPipeline:
             request = _parse(item.payload, self.config.max_metadata_bytes)
             model = self._model_named(request.model, request.model_version, active)
         except (ValueError, ValidationError, registry.RegistryError, ArtifactError) as exc:
-            self._dead(item, _short(exc))
+            self._dead(item, short_error(exc))
             return None
         if _expired(request, item.enqueued_at, now):
             rows.append(
@@ -311,7 +312,7 @@ class ScoringPipeline:
             columns = {k: v[start:stop] for k, v in checked.columns.items()}
             batch_id, began, t0 = uuid.uuid4().hex[:16], utcnow(), time.perf_counter()
             with self.batch_limits.search(model) as fit:
-                scored = _predict_columns(model, columns, stop - start, fit)
+                scored = score_columns(model, columns, stop - start, fit)
             inference_ms = (time.perf_counter() - t0) * 1000
             indices = checked.valid[start:stop].tolist()
             rows += self._chunk_rows(
@@ -469,79 +470,11 @@ def _database_needed() -> Iterator[None]:
         raise SinkUnavailable(f"database unavailable: {exc.orig!r}") from exc
 
 
-Outcomes = list[tuple[dict[str, Any] | None, str | None]]  # (outputs, error) per input
-
-
 def _predict_isolating_failures(model: LoadedModel, chunk: list[Scored], fit: Fit) -> None:
     for scored, (outputs, error) in zip(
-        chunk, _predict_each(model, [s.inputs for s in chunk], fit), strict=True
+        chunk, score_rows(model, [s.inputs for s in chunk], fit), strict=True
     ):
         scored.outputs, scored.error = outputs, error
-
-
-def _predict_each(
-    model: LoadedModel, inputs: list[dict[str, Any]], fit: Fit, ceiling: int | None = None
-) -> Outcomes:
-    """(outputs, error) per input. If the model raises, split in halves to find the bad
-    input(s); if it runs out of memory, split in halves and retry (workers/core/oom.py):
-    only a single row that runs out on its own gets an error. A half that would run as
-    many rows as the call that ran out (`ceiling`: compiled backends pad) is split without
-    being tried. Retries start once the exception is handled, so that the tensors its
-    frames hold are freed first."""
-    n = len(inputs)
-    if not fit.worth_trying(n, ceiling):
-        return _halves(model, inputs, fit, ceiling)
-    try:
-        outputs = model.predict(inputs)
-    except Exception as exc:  # noqa: BLE001 - a model may raise anything; we record it
-        problem, out_of_memory = _short(exc), is_out_of_memory(exc)
-    else:
-        fit.succeeded(n)
-        return [(out, None) for out in outputs]
-    if not out_of_memory:
-        if n == 1:
-            return [(None, f"model failed: {problem}")]
-        return _halves(model, inputs, fit, ceiling)
-    ceiling = fit.ran_out(n)
-    if n == 1:
-        return [(None, f"{ALONE}: {problem}")]
-    return _halves(model, inputs, fit, ceiling)
-
-
-def _halves(
-    model: LoadedModel, inputs: list[dict[str, Any]], fit: Fit, ceiling: int | None
-) -> Outcomes:
-    middle = len(inputs) // 2
-    return _predict_each(model, inputs[:middle], fit, ceiling) + _predict_each(
-        model, inputs[middle:], fit, ceiling
-    )
-
-
-def _predict_columns(
-    model: LoadedModel, columns: dict[str, Any], n: int, fit: Fit, ceiling: int | None = None
-) -> Outcomes:
-    """(outputs, error) per row of `columns`, in one call by column. If the model runs out
-    of memory, each half is tried again by column (as in `_predict_each`); if it raises
-    anything else, the rows are scored as dicts by `_predict_each` to find the bad one(s)."""
-    if fit.worth_trying(n, ceiling):
-        try:
-            outputs = model.predict_columns(columns, n)
-        except Exception as exc:  # noqa: BLE001 - a model may raise anything; we record it
-            problem, out_of_memory = _short(exc), is_out_of_memory(exc)
-        else:
-            fit.succeeded(n)
-            return [(out, None) for out in outputs]
-        if not out_of_memory:
-            return _predict_each(model, rows_of(columns), fit, ceiling)
-        ceiling = fit.ran_out(n)
-        if n == 1:
-            return [(None, f"{ALONE}: {problem}")]
-    middle = n // 2
-    first = {k: v[:middle] for k, v in columns.items()}
-    rest = {k: v[middle:] for k, v in columns.items()}
-    return _predict_columns(model, first, middle, fit, ceiling) + _predict_columns(
-        model, rest, n - middle, fit, ceiling
-    )
 
 
 def _model_of(payload: Any) -> tuple[str | None, int | None]:
@@ -583,14 +516,6 @@ def _expired(request: ScoreRequest, enqueued_at: datetime | None, now: datetime)
 
 def _late(deadline_ms: int, enqueued_at: datetime | None, now: datetime) -> bool:
     return enqueued_at is not None and (now - enqueued_at).total_seconds() * 1000 > deadline_ms
-
-
-def _short(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in exc.errors()
-        )[:1000]
-    return str(exc)[:1000]
 
 
 def from_epoch(ts: float | None) -> datetime | None:

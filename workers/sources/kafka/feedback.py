@@ -55,6 +55,7 @@ class FeedbackThread:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.engine.dispose()  # its own pool, made for this thread by run_stream
 
     def _run(self) -> None:
         failures = 0
