@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
 
-from producers import bulk
+from producers import bulk, bulk_messages
 from producers.file_readers import iter_rows
 from producers.run_summary import summarize
 from schemas import names
@@ -145,7 +145,7 @@ def read(path: Path, record: ModelVersion = SMALL, chunk_size: int = 4, **option
     rejections: list[str] = []
     duplicates: list[str] = []
     opts = bulk.BulkOptions(chunk_size=chunk_size, **options)
-    found = list(bulk._messages(path, record, opts, "run1", rejections, duplicates))
+    found = list(bulk_messages.messages(path, record, opts, "run1", rejections, duplicates))
     return published(found), rejections, duplicates
 
 
@@ -418,8 +418,8 @@ def test_the_same_rows_are_left_out_on_every_read(tmp_path: Path) -> None:
     changed = [body[2][0], "99.0", *body[2][2:]]  # the same id, another value
     path.write_text(csv_text([rows[0], *body[:10], changed, *body[10:], body[15]]))
     opts = bulk.BulkOptions(chunk_size=4, id_column="id")
-    first = list(bulk._messages(path, SMALL, opts, "run1", [], []))
-    again = list(bulk._messages(path, SMALL, opts, "run1", []))
+    first = list(bulk_messages.messages(path, SMALL, opts, "run1", [], []))
+    again = list(bulk_messages.messages(path, SMALL, opts, "run1", []))
     assert published(first) == published(again) and len(first) == len(again) == 6
     kept = {row[0]: row[1] for row in published(first)}
     assert kept[body[2][0]]["a"] == float(body[2][1])  # the first row with the id

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlmodel import select
 
-from producers import bulk
+from producers import bulk, bulk_messages
 from schemas.chunks import (
     LABEL_COLUMN,
     REQUEST_ID_COLUMN,
@@ -44,7 +44,7 @@ def setup(demo_pipeline):  # type: ignore[no-untyped-def]
 def messages(path: Path, record: Any, chunk_size: int = 256, **options: Any) -> list[Any]:
     rejections: list[str] = []
     opts = bulk.BulkOptions(chunk_size=chunk_size, **options)
-    return list(bulk._messages(path, record, opts, "run1", rejections)) + [rejections]
+    return list(bulk_messages.messages(path, record, opts, "run1", rejections)) + [rejections]
 
 
 def as_items(found: list[Any], record: Any, deadline_ms: int | None = None) -> list[WorkItem]:
@@ -140,7 +140,9 @@ def test_column_path_and_row_path_store_the_same_results(  # type: ignore[no-unt
     options = bulk.BulkOptions(id_column="id", label_column="label")
     numbered = enumerate(csv.DictReader(data.open()), start=1)
     cleaned = ({k: (None if v == "" else v) for k, v in row.items()} for _, row in numbered)
-    requests = list(bulk._requests(enumerate(cleaned, 1), other_record, options, "run1", []))
+    requests = list(
+        bulk_messages._requests(enumerate(cleaned, 1), other_record, options, "run1", [])
+    )
     rows_only.process([WorkItem(r, "bulk", utcnow(), "run1") for r in requests])
     by_row = stored(other)
 
