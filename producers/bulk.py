@@ -18,8 +18,8 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import col
 
 from producers.bulk_inputs import BulkInput
-from producers.bulk_ledger import Ledger, incomplete_chunks, mark_republished
-from producers.bulk_messages import BulkOptions, messages
+from producers.bulk_ledger import Ledger, describe_chunks, incomplete_chunks, mark_republished
+from producers.bulk_messages import BulkOptions, numbered_messages
 from producers.redis_producer import RedisProducer
 from schemas import names as c
 from schemas.db import session_scope
@@ -110,9 +110,9 @@ def republish(
     _, source, model, options = _recorded(engine, run_id, url)
     wanted, sent = set(seqs), 0
     producer = RedisProducer(app)
-    for seq, message in enumerate(messages(source, model, options, run_id, [])):
+    for seq, message in enumerate(numbered_messages(source, model, options, run_id, [])):
         if seq in wanted:
-            sent += _send(producer, message, model, options, run_id, seq)
+            sent += _send(producer, message.payload, model, options, run_id, seq)
     mark_republished(engine, run_id, sorted(wanted))
     return sent
 
@@ -171,14 +171,14 @@ def _publish(
     rejections: list[str] = []
     duplicates: list[str] = []
     enqueued = 0
-    shaped = messages(source, model, options, run.id, rejections, duplicates)
+    shaped = numbered_messages(source, model, options, run.id, rejections, duplicates)
     try:
         for seq, message in enumerate(_read(source, shaped)):
             if seq in published:
-                enqueued += len(message) if isinstance(message, list) else message.num_rows
+                enqueued += message.rows
                 continue
-            rows = _send(producer, message, model, options, run.id, seq)
-            ledger.add(seq, rows)
+            rows = _send(producer, message.payload, model, options, run.id, seq)
+            ledger.add(seq, rows, message.first_row, message.last_row)
             enqueued += rows
             if on_chunk:
                 on_chunk(enqueued)
@@ -363,10 +363,11 @@ def wait(
             missing = incomplete_chunks(engine, run_id)
             if missing:
                 log.warning(
-                    "run %s: no progress for %.0f s; publishing %d incomplete chunks again",
+                    "run %s: no progress for %.0f s; publishing %d incomplete chunks again: %s",
                     run_id,
                     now - last_change,
                     len(missing),
+                    describe_chunks(engine, run_id, missing),
                 )
                 repair(missing)
             repairs += 1

@@ -36,8 +36,17 @@ class Ledger:
             )
             return set(conn.execute(query).scalars())
 
-    def add(self, seq: int, rows: int) -> None:
-        self._pending.append({"run_id": self.run_id, "seq": seq, "rows": rows})
+    def add(self, seq: int, rows: int, first_row: int, last_row: int) -> None:
+        """Record chunk `seq`: `rows` requests from input rows `first_row`..`last_row`."""
+        self._pending.append(
+            {
+                "run_id": self.run_id,
+                "seq": seq,
+                "rows": rows,
+                "first_row": first_row,
+                "last_row": last_row,
+            }
+        )
         if (
             len(self._pending) >= FLUSH_EVERY_CHUNKS
             or time.monotonic() - self._flushed > FLUSH_EVERY_S
@@ -99,3 +108,20 @@ def mark_republished(engine: Engine, run_id: str, seqs: list[int]) -> None:
             .where(chunks.c.run_id == run_id, chunks.c.seq.in_(seqs))
             .values(republished=chunks.c.republished + 1)
         )
+
+
+def describe_chunks(engine: Engine, run_id: str, seqs: list[int], shown: int = 5) -> str:
+    """ "chunk 3 (input rows 769-1024), …" for a log line: where an operator finds them."""
+    chunks = table_of(BulkChunk)
+    with engine.connect() as conn:
+        spans = conn.execute(
+            select(chunks.c.seq, chunks.c.first_row, chunks.c.last_row)
+            .where(chunks.c.run_id == run_id, chunks.c.seq.in_(seqs[:shown]))
+            .order_by(chunks.c.seq)
+        ).all()
+    parts = [
+        f"chunk {seq}" + (f" (input rows {first}-{last})" if first is not None else "")
+        for seq, first, last in spans
+    ]
+    more = len(seqs) - len(parts)
+    return ", ".join(parts) + (f" and {more} more" if more > 0 else "")

@@ -32,6 +32,21 @@ class BulkOptions:
     max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
 
 
+@dataclass(frozen=True)
+class Message:
+    """One chunk's task payload and the input rows it spans (1-based, data rows only;
+    rows left out inside the span are rejected or repeated ids), kept in the ledger."""
+
+    payload: pa.RecordBatch | list[dict[str, Any]]
+    first_row: int
+    last_row: int
+
+    @property
+    def rows(self) -> int:
+        p = self.payload
+        return len(p) if isinstance(p, list) else p.num_rows
+
+
 def messages(
     source: Path | BulkInput,
     model: ModelVersion,
@@ -40,6 +55,19 @@ def messages(
     rejections: list[str],
     duplicates: list[str] | None = None,
 ) -> Iterator[pa.RecordBatch | list[dict[str, Any]]]:
+    """The payloads of `numbered_messages`."""
+    for message in numbered_messages(source, model, options, run_id, rejections, duplicates):
+        yield message.payload
+
+
+def numbered_messages(
+    source: Path | BulkInput,
+    model: ModelVersion,
+    options: BulkOptions,
+    run_id: str,
+    rejections: list[str],
+    duplicates: list[str] | None = None,
+) -> Iterator[Message]:
     """Chunks of `chunk_size` rows: by column where the input is columnar and Arrow types
     a chunk exactly as the row path would, else as request dicts. Rows whose id an earlier
     row has are left out, their reasons in `duplicates` (in `rejections` without it): the
@@ -63,15 +91,16 @@ def messages(
         for chunk in typed_chunks(block, options.chunk_size, *typing):
             if isinstance(chunk, pa.RecordBatch):
                 fresh = chunk if seen is None else seen.keep(chunk, first)
+                span = (first, first + chunk.num_rows - 1)
                 first += chunk.num_rows
                 if fresh.num_rows:
-                    yield fresh
+                    yield Message(fresh, *span)
                 continue
             first += chunk.rows.num_rows
             numbered = enumerate(chunk.rows.to_pylist(), start=chunk.first)
-            requests = list(_requests(numbered, model, options, run_id, rejections, seen))
-            if requests:
-                yield requests
+            kept = list(_requests(numbered, model, options, run_id, rejections, seen))
+            if kept:
+                yield Message([r for _, r in kept], kept[0][0], kept[-1][0])
 
 
 @dataclass
@@ -110,7 +139,8 @@ def _requests(
     run_id: str,
     rejections: list[str],
     seen: _SeenIds | None = None,
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(input row number, request) of each usable row."""
     for number, row in rows:
         if options.id_column:
             raw = row.get(options.id_column)
@@ -138,17 +168,17 @@ def _requests(
             request["metadata"] = {"label": str(row[options.label_column])}
         if options.deadline_ms:
             request["deadline_ms"] = options.deadline_ms
-        yield request
+        yield number, request
 
 
 def _chunks(
-    requests: Iterator[dict[str, Any]], options: BulkOptions
-) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
-    for request in requests:
-        chunk.append(request)
+    requests: Iterator[tuple[int, dict[str, Any]]], options: BulkOptions
+) -> Iterator[Message]:
+    chunk: list[tuple[int, dict[str, Any]]] = []
+    for numbered in requests:
+        chunk.append(numbered)
         if len(chunk) == options.chunk_size:
-            yield chunk
+            yield Message([r for _, r in chunk], chunk[0][0], chunk[-1][0])
             chunk = []
     if chunk:
-        yield chunk
+        yield Message([r for _, r in chunk], chunk[0][0], chunk[-1][0])

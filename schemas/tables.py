@@ -199,6 +199,10 @@ class BulkChunk(SQLModel, table=True):
     run_id: str = Field(primary_key=True, max_length=64)
     seq: int = Field(primary_key=True)  # the chunk's place in the file, from 0
     rows: int
+    # The input rows it spans (1-based data rows; for a query, rows of its result in
+    # order). Rows inside the span that are missing from it were rejected or repeated ids.
+    first_row: int | None = None
+    last_row: int | None = None
     published_at: datetime = Field(default_factory=utcnow)
     republished: int = 0
 

@@ -6,6 +6,7 @@ PostgreSQL with a real worker process."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,6 +151,12 @@ def test_a_chunk_lost_from_redis_is_published_again_and_the_run_completes_once(
     )
     assert results(pg_url) == (rows, rows)
     assert scalar(pg_url, "SELECT sum(republished) FROM bulk_chunks") == 1
+    # The warning names the chunk and the input rows it holds, from the ledger.
+    said = re.search(r"1 incomplete chunks again: chunk (\d+) \(input rows (\d+)-(\d+)\)", err)
+    assert said is not None, err
+    seq = int(said[1])
+    assert (int(said[2]), int(said[3])) == (seq * 100 + 1, seq * 100 + 100)
+    assert scalar(pg_url, "SELECT seq FROM bulk_chunks WHERE republished = 1") == seq
 
 
 def test_resume_refuses_a_file_that_changed(

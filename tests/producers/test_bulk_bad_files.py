@@ -34,7 +34,7 @@ from producers.run_summary import summarize
 from schemas import names
 from schemas.chunks import LABEL_COLUMN, REQUEST_ID_COLUMN, encode_chunk
 from schemas.db import make_engine, session_scope
-from schemas.tables import BulkRun, ModelVersion, ScoreResult, utcnow
+from schemas.tables import BulkChunk, BulkRun, ModelVersion, ScoreResult, utcnow
 from workers.core.chunks import RowChunk
 from workers.runtime.models.demo.build import write_csv
 from workers.sources.base import WorkItem
@@ -472,6 +472,18 @@ def test_a_dirty_csv_scores_each_row_once_and_accounts_for_the_rest(
     }
     recorded = run_of(engine, run.id)
     assert recorded.total_rows == expected["rows"] and not dead
+    # The ledger names the input rows of each chunk: in order, apart, within the input,
+    # each chunk's requests fitting its span, the spans leaving out only refused rows.
+    with session_scope(engine) as session:
+        ledger = session.exec(select(BulkChunk).order_by(BulkChunk.seq)).all()
+    spans = [(c.first_row or 0, c.last_row or 0, c.rows) for c in ledger]
+    assert spans[0][0] == 1 and spans[-1][1] == expected["rows"] - expected["rejected"]
+    assert all(f <= last and n <= last - f + 1 for f, last, n in spans)
+    assert all(prev[1] < nxt[0] for prev, nxt in zip(spans, spans[1:], strict=False))
+    assert (
+        sum(last - f + 1 for f, last, _ in spans) - sum(n for *_, n in spans)
+        == (expected["duplicate_ids"])
+    )
     assert bulk.wait(engine, run.id, poll_s=0.01, stall_timeout_s=2)  # the run completes
     assert run_of(engine, run.id).status == names.RUN_DONE
     assert recorded.error is not None

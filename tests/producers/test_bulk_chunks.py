@@ -4,6 +4,7 @@ would, and the worker stores, for every row, the same result the row path stores
 from __future__ import annotations
 
 import csv
+import json
 import math
 from datetime import timedelta
 from pathlib import Path
@@ -113,6 +114,23 @@ def test_default_ids_number_the_rows_of_the_file(tmp_path: Path, setup) -> None:
     assert ids == [f"run1:{n}" for n in range(1, 601)]
 
 
+def test_each_message_names_the_input_rows_it_spans(tmp_path: Path, setup) -> None:  # type: ignore[no-untyped-def]
+    _, _, _, record = setup
+    data = write_csv(tmp_path / "rows.csv", 600, seed=1)
+    lines = [
+        json.dumps({k: (v if k in ("id", "label") else float(v)) for k, v in row.items()})
+        for row in csv.DictReader(data.open())
+    ]
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    dirty, _ = dirty_csv(tmp_path / "dirty.csv")  # its second chunk goes by rows
+    expected = [(1, 256, 256), (257, 512, 256), (513, 600, 88)]
+    for path in (data, tmp_path / "rows.jsonl", dirty):
+        opts = bulk.BulkOptions(id_column="id")
+        found = list(bulk_messages.numbered_messages(path, record, opts, "run1", []))
+        assert [(m.first_row, m.last_row, m.rows) for m in found] == expected, path.name
+    assert [type(m.payload) for m in found] == [pa.RecordBatch, list, pa.RecordBatch]
+
+
 def test_only_the_chunk_holding_text_in_a_number_column_goes_by_rows(
     tmp_path: Path,
     setup,  # type: ignore[no-untyped-def]
@@ -140,9 +158,10 @@ def test_column_path_and_row_path_store_the_same_results(  # type: ignore[no-unt
     options = bulk.BulkOptions(id_column="id", label_column="label")
     numbered = enumerate(csv.DictReader(data.open()), start=1)
     cleaned = ({k: (None if v == "" else v) for k, v in row.items()} for _, row in numbered)
-    requests = list(
-        bulk_messages._requests(enumerate(cleaned, 1), other_record, options, "run1", [])
+    numbered_requests = bulk_messages._requests(
+        enumerate(cleaned, 1), other_record, options, "run1", []
     )
+    requests = [request for _, request in numbered_requests]
     rows_only.process([WorkItem(r, "bulk", utcnow(), "run1") for r in requests])
     by_row = stored(other)
 
