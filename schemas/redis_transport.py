@@ -30,13 +30,16 @@ release closes the gap (see the README's "Why these dependencies").
 
 from __future__ import annotations
 
+import base64
 import logging
+import sys
 import threading
 from pathlib import Path
 from queue import Empty
 from time import monotonic, time
 from typing import Any
 
+from kombu.message import Message as KombuMessage
 from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
@@ -90,10 +93,48 @@ class LeasedQoS(kombu_redis.QoS):
         return len(tags)
 
 
+class TolerantMessage(virtual.Message):
+    """kombu's message, except that one it cannot even build (a body that is not the base64
+    its `body_encoding` says, an unknown encoding, headers that are no object) arrives
+    carrying the error, with its raw body: kombu then hands it to the consumer's
+    on_decode_error, which dead-letters it. kombu's own raised in the event loop, which
+    stopped the worker; the message came back after its lease to stop the next one."""
+
+    def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        try:
+            super().__init__(payload, channel=channel, **kwargs)
+            return
+        except Exception as exc:  # noqa: BLE001 - any of them: the message is dead-lettered
+            encoding = payload["properties"].get("body_encoding")
+            problem = (
+                f"unreadable message (body_encoding {encoding!r}): {type(exc).__name__}: {exc}"
+            )
+            try:
+                raise ValueError(problem) from exc
+            except ValueError:
+                self.errors = [sys.exc_info()]
+        properties = payload["properties"]
+        headers, info = payload.get("headers"), properties.get("delivery_info")
+        self._raw = payload
+        KombuMessage.__init__(
+            self,
+            body=payload.get("body"),
+            channel=channel,
+            delivery_tag=properties["delivery_tag"],
+            content_type=payload.get("content-type"),
+            content_encoding=payload.get("content-encoding"),
+            headers=headers if isinstance(headers, dict) else {},
+            properties=properties,
+            delivery_info=info if isinstance(info, dict) else {},
+            **kwargs,
+        )
+
+
 class AtomicFetchMixin:
     """The Channel behaviour; mixed into kombu's Channel and SentinelChannel."""
 
     QoS = LeasedQoS
+    Message = TolerantMessage
     doorbell_prefix = names.DOORBELL_PREFIX
     dead_letter_queue = names.DEAD_LETTER_QUEUE
     lease_renew_interval = 15.0
@@ -124,6 +165,13 @@ class AtomicFetchMixin:
             )
         self._fetch_order: list[str] = []
         self._fetch_script = self.client.register_script(FETCH_SCRIPT)
+
+    def decode_body(self, body: Any, encoding: str | None = None) -> Any:
+        """base64 strictly: kombu's skips what is not base64 and decodes the rest to bytes
+        that fail later with a reason that does not say why (a hand-built message)."""
+        if encoding == "base64":
+            return base64.b64decode(body, validate=True)
+        return super().decode_body(body, encoding)  # type: ignore[misc]
 
     # -- names ------------------------------------------------------------------------
 

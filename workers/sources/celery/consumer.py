@@ -8,13 +8,16 @@ with the reason and its raw body first, so nothing disappears with only a log li
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery.worker.consumer import Consumer
 from celery_batches import Batches
+from kombu.serialization import prepare_accept_content
 
 from schemas.tables import utcnow
 from workers.sources.celery.dead_letters import CeleryDeadLetters
+from workers.sources.celery.task_messages import task_message_problem
 
 
 class DeadLetteringConsumer(Consumer):
@@ -36,6 +39,22 @@ class DeadLetteringConsumer(Consumer):
         for task in self.app.tasks.values():
             if isinstance(task, Batches):
                 task._tref = None
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], None]:
+        """Celery's handler behind task_messages.py's checks: a message Celery would take
+        undecoded, or whose layout would stop the worker, is parked instead."""
+        handler = super().create_task_handler(*args, **kwargs)
+        accepted = prepare_accept_content(self.app.conf.accept_content)
+
+        def on_task_received(message: Any) -> None:
+            problem = task_message_problem(message, accepted)
+            if problem is None:
+                return handler(message)
+            self._park(message, problem)
+            message.ack()
+            return None
+
+        return on_task_received
 
     def _park(self, message: Any, reason: str) -> None:
         broker = self.app.scoring_broker
