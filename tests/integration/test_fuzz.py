@@ -3,7 +3,9 @@ send them (wrong types, missing and extra fields, NaN and infinity, huge and dee
 nested values, bytes that are not UTF-8 or not JSON, duplicate keys, unknown models and
 versions, absurd priorities and deadlines), and they go through the real Kafka topic and
 the real Redis queue to one running worker. Each ends as exactly one result row or one
-dead letter; the worker never stops; a valid request sent after each burst is scored."""
+dead letter; the worker never stops; a valid request sent after each burst is scored; and
+the worker's memory (RSS of its process tree) grows by less than RSS_GROWTH_MB between
+warm-up and the end, the >10 MB messages included."""
 
 from __future__ import annotations
 
@@ -30,6 +32,27 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FEATURES = list(demo_requests(1)[0]["inputs"])
 BURST = 25  # messages per path and burst
+# Allowed RSS growth of the worker's processes from warm-up to the end of all bursts: six
+# 11 MB Redis messages (decoded to text, then JSON, then dead-lettered) must not be kept.
+RSS_GROWTH_MB = 150
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its descendants (the launcher and its worker
+    processes), from /proc (psutil is not a dependency)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        line = next(x for x in status.splitlines() if x.startswith("VmRSS:"))
+        total += int(line.split()[1])  # kB
+    return total / 1024
+
 
 weird = st.recursive(
     st.none()
@@ -141,6 +164,22 @@ def test_fuzzed_messages_through_both_paths_end_as_rows_or_dead_letters(
     sent = {"kafka": 0, "redis": 0}
     bursts = [0]
 
+    # Warm-up: one valid request on each path is scored before the baseline is taken.
+    warm = demo_requests(1, prefix="warm")[0]
+    with EventProducer(stack.settings().kafka) as producer:
+        assert producer.send([{**warm, "request_id": "warm-k"}]) == 1
+    celery.send_task("scoring.score", args=[[{**warm, "request_id": "warm-r"}]],
+                     kwargs={"source": "redis"}, queue=queue)  # fmt: skip
+    sent["kafka"] += 1
+    sent["redis"] += 1
+
+    def warmed() -> bool:
+        found = stack.rows("SELECT request_id FROM score_results WHERE request_id LIKE 'warm-%'")
+        return {r[0] for r in found} == {"warm-k", "warm-r"}
+
+    wait_for(warmed, timeout=180, every=0.5)
+    baseline_mb = tree_rss_mb(worker.pid)
+
     @seed(20261202)
     @settings(
         max_examples=6,
@@ -203,5 +242,8 @@ def test_fuzzed_messages_through_both_paths_end_as_rows_or_dead_letters(
     assert by_source.get("kafka", 0) + kafka_letters == sent["kafka"]
     assert by_source.get("redis", 0) + redis_letters == sent["redis"]
     assert worker.poll() is None
+    grown_mb = tree_rss_mb(worker.pid) - baseline_mb
+    print(f"worker RSS {baseline_mb:.0f} MB after warm-up, grew {grown_mb:.0f} MB")
+    assert grown_mb < RSS_GROWTH_MB, (baseline_mb, grown_mb)
     log = (tmp_path / "worker.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
