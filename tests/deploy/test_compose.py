@@ -133,20 +133,35 @@ def test_kafka_is_the_official_image_in_step_with_the_pom() -> None:
     assert kafka["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
 
 
-def test_kafka_clients_authenticate_with_sasl() -> None:
+def test_kafka_clients_authenticate_with_sasl_scram() -> None:
     env = services()["kafka"]["environment"]
+    command = command_text(services()["kafka"])
     protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
     advertised = [a.split("://")[0] for a in env["KAFKA_ADVERTISED_LISTENERS"].split(",")]
     assert {protocols[name] for name in advertised} == {"SASL_PLAINTEXT"}
-    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "PLAIN"
-    assert "PlainLoginModule" in command_text(services()["kafka"])
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"  # PLAIN is not offered
+    assert env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] == "SCRAM-SHA-512"
+    assert "PLAIN" not in env["KAFKA_SASL_ENABLED_MECHANISMS"].split(",")
+    assert "PlainLoginModule" not in command and "sasl.mechanism=PLAIN" not in command
+    assert "ScramLoginModule" in command and "sasl.mechanism=SCRAM-SHA-512" in command
+    # The users are written into the KRaft metadata when the storage is formatted, with the
+    # cluster id the image's own start script formats with, before that script runs.
+    scram = re.findall(r'--add-scram "SCRAM-SHA-512=\[name=(\w+),password=([^\]]+)\]"', command)
+    # ($$: the container's shell expands them, from the variables .env fills.)
+    assert dict(scram) == {"admin": "$$JAAS_ADMIN_PASSWORD", "scoring": "$$JAAS_SCORING_PASSWORD"}
+    assert env["JAAS_ADMIN_PASSWORD"] == env_example()["KAFKA_ADMIN_PASSWORD"]
+    assert "kafka-storage.sh format --ignore-formatted" in command
+    assert command.index("kafka-storage.sh format") < command.index("exec /etc/kafka/docker/run")
+    assert '--cluster-id "$$CLUSTER_ID"' in command and env["CLUSTER_ID"]
     worker = services()["stream"]["environment"]
     assert worker["SCORING_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert worker["SCORING_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
-    assert worker["SCORING_KAFKA_SASL_MECHANISM"] == env["KAFKA_SASL_ENABLED_MECHANISMS"]
+    assert worker["SCORING_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
     assert worker["SCORING_KAFKA_USERNAME"] == "scoring"
-    assert "user_scoring=" in command_text(services()["kafka"])
     assert worker["SCORING_KAFKA_PASSWORD"] == env["JAAS_SCORING_PASSWORD"]
+    for name in SCORING_SERVICES - {"flower"}:
+        mechanism = services()[name]["environment"].get("SCORING_KAFKA_SASL_MECHANISM")
+        assert mechanism == "SCRAM-SHA-512", name
     # No KAFKA_* variable carries a password: the image writes those to server.properties.
     assert not [k for k in env if k.startswith("KAFKA_") and "PASSWORD" in k]
 

@@ -398,6 +398,19 @@ def test_keda_scales_stream_workers_on_the_group_lag() -> None:
     assert trigger["authenticationRef"]["name"] == "kafka-lag"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kafka_logins_are_scram_never_plain(overlay: str) -> None:
+    """Every overlay's pods log in to Kafka with SCRAM-SHA-512 over TLS, as the suite's own
+    broker does; PLAIN (the password itself on the wire) appears nowhere in deploy/k8s."""
+    config = settings(overlay)
+    assert config["SCORING_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert config["SCORING_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    for path in K8S.rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            assert not re.search(r"MECHANISM=PLAIN|sasl: plaintext|PlainLoginModule", text), path
+
+
 def test_hpa_is_the_keda_equivalent() -> None:
     for name in WORKERS:
         keda = one("production", "ScaledObject", name)["spec"]
