@@ -166,6 +166,10 @@ class BrokerSettings(BaseSettings):
         }
 
 
+# Longest wait between two attempts to reach a lost broker (every Kafka client).
+RECONNECT_BACKOFF_MAX_MS = 1_000
+
+
 class KafkaSettings(BaseSettings):
     """The Kafka stream path: topics, the consumer group, credentials, poll limits."""
 
@@ -202,6 +206,9 @@ class KafkaSettings(BaseSettings):
         config: dict[str, Any] = {
             "bootstrap_servers": [h.strip() for h in self.bootstrap.split(",") if h.strip()],
             "security_protocol": self.security_protocol,
+            # kafka-python's reconnect backoff grows to 30 s by default: after a broker
+            # restart, clients then sat idle for up to 30 s with the broker back (Java: 1 s).
+            "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
         }
         if self.security_protocol.startswith("SASL"):
             if not self.username or self.password is None:
