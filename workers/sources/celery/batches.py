@@ -14,13 +14,19 @@ each message gets its own: `task-received` when it is buffered, `task-started` w
 flush starts, and `task-succeeded` (with the runtime of its flush), `task-retried` (sent
 back to the queue) or `task-failed` (left unacknowledged) when the flush returns. They
 go out only when the worker sends task events (`--task-events`, the default here).
+
+A message with a countdown (a batch sent back after a database outage) waits in
+celery-batches' buffer until it is due, holding a place in the worker's prefetch; Celery's
+default strategy raises the prefetch for each such message, celery-batches did not, so a
+worker whose prefetch was full of them fetched nothing else until they were due (up to
+30 s). `waiting` counts them, and the prefetch (prefetch.py) makes room for each.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from celery_batches import Batches, SimpleRequest, apply_batches_task
@@ -34,6 +40,9 @@ class SettledBatches(Batches):
     """A Batches task whose body may call `keep_unacked(request)` for any request."""
 
     abstract = True
+    # Ids of buffered messages waiting for their countdown; `on_waiting` hears of changes.
+    waiting: set[str]
+    on_waiting: Callable[[], None] | None = None
 
     def keep_unacked(self, request: SimpleRequest) -> None:
         self._unsettled.add(request.id)
@@ -45,15 +54,27 @@ class SettledBatches(Batches):
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 - Celery's name
         buffer = self._buffer
         put = buffer.put
+        self.waiting = set()
 
         def put_and_announce(request: Any) -> None:
+            if request.eta:
+                self.waiting.add(request.id)
+                self._waiting_changed()
             put(request)
             received(request)
 
         buffer.put = put_and_announce
         return super().Strategy(task, app, consumer)
 
+    def _waiting_changed(self) -> None:
+        if self.on_waiting is not None:
+            self.on_waiting()
+
     def flush(self, requests: Collection[Any]) -> Any:
+        due = {r.id for r in requests} & getattr(self, "waiting", set())
+        if due:
+            self.waiting -= due
+            self._waiting_changed()
         acks_early, acks_late = _partition(lambda r: bool(r.task.acks_late), requests)
         self._unsettled: set[str] = set()
         self._retried: set[str] = set()

@@ -4,7 +4,8 @@ A bulk chunk carries hundreds of requests per message and an upstream event one;
 message prefetch lets one worker hoard a small job (64 chunks of 256 rows) while the next
 worker idles, or starves per-event batches. Each flush tells us the rows per message, so
 the worker's Redis prefetch (kombu QoS) and celery-batches' flush size are both set to
-`hold_rows` over that, between 1 and `max_messages`.
+`hold_rows` over that, between 1 and `max_messages`. Messages waiting in the buffer for
+their countdown get a place each on top (batches.py), as Celery's own strategy gives them.
 """
 
 from __future__ import annotations
@@ -36,5 +37,9 @@ class RowPrefetch:
         consumer = getattr(self.task.app, "scoring_consumer", None)
         qos = getattr(consumer, "qos", None)
         if qos is not None:  # absent when the task runs eagerly (tests, `apply`)
-            qos.value = messages
+            qos.value = messages + len(getattr(self.task, "waiting", ()))
             qos.update()
+
+    def waiting_changed(self) -> None:
+        """A message began or ended its wait for a countdown: make room for it, or not."""
+        self.apply(self.messages)

@@ -67,6 +67,7 @@ def register_tasks(
         return len(items)
 
     prefetch = RowPrefetch(score, broker.worker_hold_rows, broker.worker_prefetch)
+    score.on_waiting = prefetch.waiting_changed
     guard = CrashGuard(app, broker.max_deliveries, source.dead_letter)
 
 

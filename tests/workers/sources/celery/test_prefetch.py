@@ -47,3 +47,20 @@ def test_without_a_consumer_only_the_flush_size_changes() -> None:
     task = SimpleNamespace(flush_every=1, app=SimpleNamespace())
     assert RowPrefetch(task, hold_rows=100, max_messages=8).observe(1, 10) == 8
     assert task.flush_every == 8
+
+
+def test_messages_waiting_for_a_countdown_get_a_place_each_on_top() -> None:
+    """A worker whose one prefetch place holds a message with a countdown fetches more,
+    as Celery's own strategy allows; the place goes when the message is flushed."""
+    task, sent = _task_with_consumer()
+    task.waiting = set()
+    prefetch = RowPrefetch(task, hold_rows=512, max_messages=256)
+    assert prefetch.messages == 1
+    task.waiting |= {"retry-1", "retry-2"}
+    prefetch.waiting_changed()
+    assert sent[-1] == 3 and task.flush_every == 1
+    prefetch.observe(messages=2, rows=512)
+    assert sent[-1] == 2 + 2  # the row estimate, plus the two still waiting
+    task.waiting.clear()
+    prefetch.waiting_changed()
+    assert sent[-1] == 2
