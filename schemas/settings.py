@@ -34,6 +34,9 @@ class DatabaseSettings(BaseSettings):
     # Write retries (exponential backoff) before a batch is handed back to its source.
     retries: int = Field(default=5, ge=0)
     retry_backoff_s: float = Field(default=0.5, ge=0)
+    # PostgreSQL ends a worker's session left idle inside a transaction this long (its
+    # batch's row locks with it): a worker cut off mid-commit blocks no other. 0: off.
+    idle_in_transaction_timeout_s: float = Field(default=30.0, ge=0)
 
     def sqlalchemy_url(self) -> str:
         """The URL with its password: for create_engine only, never for a log line."""

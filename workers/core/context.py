@@ -46,7 +46,7 @@ def build_context(
         torch.set_num_threads(settings.runtime.torch_threads)
     metrics = _metrics(settings, worker)
     db = settings.database
-    engine = make_engine(db.sqlalchemy_url())
+    engine = make_engine(db.sqlalchemy_url(), db.idle_in_transaction_timeout_s)
     if metrics is not None:  # drift and accuracy gauges, read from the database on scrape
         metrics.add_drift(from_database(engine))
     sink = ResultSink(engine, db.retries, db.retry_backoff_s)
