@@ -179,8 +179,10 @@ def test_broker_restart_mid_stream_consumers_resume_and_nothing_is_lost(
         ids = distinct_ids(stack, stack.results, n)
         assert set(ids) == {r["request_id"] for r in requests}
         assert read_topic(stack.client, stack.dlq, 0) == []
-        print(f"broker down {DOWN_S:.0f}s with {before} of {n} stored; results again "
-              f"{resumed_s:.1f}s after it answered; result events {sum(ids.values())}")
+        print(
+            f"broker down {DOWN_S:.0f}s with {before} of {n} stored; results again "
+            f"{resumed_s:.1f}s after it answered; result events {sum(ids.values())}"
+        )
 
 
 # -- a batch past max_poll_interval_ms ------------------------------------------------
