@@ -20,7 +20,7 @@ from sqlmodel import col
 from producers.bulk_inputs import BulkInput
 from producers.bulk_ledger import Ledger, describe_chunks, incomplete_chunks, mark_republished
 from producers.bulk_messages import BulkOptions, numbered_messages
-from producers.redis_producer import RedisProducer
+from producers.redis_producer import FAILOVER_RETRY_POLICY, RedisProducer
 from schemas import names as c
 from schemas.db import session_scope
 from schemas.redaction import redact
@@ -109,7 +109,7 @@ def republish(
     """Publish again the chunks `seqs` of a run (read again from its input); rows sent."""
     _, source, model, options = _recorded(engine, run_id, url)
     wanted, sent = set(seqs), 0
-    producer = RedisProducer(app)
+    producer = RedisProducer(app, retry_policy=FAILOVER_RETRY_POLICY)  # rides a failover
     for seq, message in enumerate(numbered_messages(source, model, options, run_id, [])):
         if seq in wanted:
             sent += _send(producer, message.payload, model, options, run_id, seq)
@@ -167,7 +167,7 @@ def _publish(
     """Publish every chunk the ledger lacks, recording each after the broker took it."""
     ledger = ledger or Ledger(engine, run.id)
     published = ledger.published()
-    producer = RedisProducer(app)
+    producer = RedisProducer(app, retry_policy=FAILOVER_RETRY_POLICY)  # rides a failover
     rejections: list[str] = []
     duplicates: list[str] = []
     enqueued = 0

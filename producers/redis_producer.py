@@ -19,13 +19,28 @@ from schemas.chunks import encode_chunk
 from schemas.task_repr import task_reprs
 from schemas.wire import ScoreRequest
 
+# Retries that outlast a Sentinel failover (the primary's down-after time, then the
+# promotion: seconds) for about a minute; Celery's default gives up after ~0.6 s.
+FAILOVER_RETRY_POLICY = {
+    "max_retries": 35,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 2,
+}
+
 
 class RedisProducer:
-    """Sends wire requests as `scoring.score` task messages (JSON, never pickle)."""
+    """Sends wire requests as `scoring.score` task messages (JSON, never pickle).
 
-    def __init__(self, app: Celery, queue: str | None = None) -> None:
+    `retry_policy` (Celery's task_publish_retry_policy by default): how long a publish
+    retries an unreachable broker; long-running producers pass FAILOVER_RETRY_POLICY."""
+
+    def __init__(
+        self, app: Celery, queue: str | None = None, retry_policy: dict[str, Any] | None = None
+    ) -> None:
         self.app = app
         self.queue = queue or app.conf.task_default_queue
+        self.retry = {"retry_policy": retry_policy} if retry_policy else {}
 
     def send(
         self,
@@ -59,6 +74,7 @@ class RedisProducer:
                     queue=self.queue,
                     producer=producer,
                     priority=_kombu_priority(payloads),
+                    **self.retry,
                     **task_reprs([payloads], kwargs),
                 )
                 sent += len(payloads)
@@ -93,6 +109,7 @@ class RedisProducer:
             kwargs=kwargs,
             queue=self.queue,
             priority=_kombu_priority([{}]),  # a bulk row's priority is the default
+            **self.retry,
             **task_reprs([], kwargs),
         )
         return rows.num_rows

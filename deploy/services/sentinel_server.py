@@ -27,6 +27,10 @@ class SentinelServer:
     password: str
     master_name: str = "scoring"
     down_after_ms: int = 2000
+    # Also how long the sentinel leaves a replica that reports another master address
+    # alone before re-pointing it (+fix-slave-config): a relay in the replication link
+    # (tests/integration/sentinel_stack.py) needs it longer than the test.
+    failover_timeout_ms: int = 10000
 
     @property
     def pidfile(self) -> Path:
@@ -52,7 +56,10 @@ class SentinelServer:
 
         client = redis.Redis(host=HOST, port=self.port, socket_timeout=2)
         found = client.sentinel_get_master_addr_by_name(self.master_name)
-        return (str(found[0]), int(found[1])) if found else None
+        if not found:
+            return None
+        host = found[0].decode() if isinstance(found[0], bytes) else str(found[0])
+        return host, int(found[1])
 
     def start(self, timeout: float = 15.0) -> None:
         if shutil.which("redis-server") is None:
@@ -73,7 +80,7 @@ class SentinelServer:
                     f"sentinel auth-user {name} {self.user}",
                     f"sentinel auth-pass {name} {self.password}",
                     f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
-                    f"sentinel failover-timeout {name} 10000",
+                    f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
                     f"sentinel parallel-syncs {name} 1",
                 ]
             )
