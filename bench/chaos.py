@@ -22,13 +22,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from schemas import names
+from bench.fleet import Procs, busy, drop_queues, llen, settle, wait
 
 
 @dataclass(frozen=True)
@@ -41,45 +41,6 @@ class ChaosPlan:
     max_delay_s: float = 2.0  # a kill lands 0 .. max_delay_s after its target is warm
     drain_timeout_s: float = 300.0
     seed: int = 0
-
-
-@dataclass
-class Procs:
-    env: dict[str, str]
-    logs: Path
-    beats: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    starts: dict[str, int] = field(default_factory=dict)
-
-    def start(self, name: str) -> None:
-        for old in self.beats.glob(f"{name}@*.json"):  # the process names itself name@host
-            old.unlink(missing_ok=True)
-        self.starts[name] = self.starts.get(name, 0) + 1
-        with (self.logs / f"{name}-{self.starts[name]}.log").open("wb") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "workers.process"],
-                env={**self.env, "SCORING_WORKER_NAME": name},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def heartbeat(self, name: str) -> dict[str, Any] | None:
-        for path in self.beats.glob(f"{name}@*.json"):
-            try:
-                return dict(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                return None
-        return None
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def run_chaos(
@@ -100,7 +61,7 @@ def run_chaos(
             return _run(plan, url, broker_url, queue, dlq, workdir, engine, log)
         finally:
             engine.dispose()
-            _drop(broker_url, queue, dlq)
+            drop_queues(broker_url, queue, dlq)
 
 
 def _run(
@@ -140,7 +101,7 @@ def _run(
     try:
         for name in names:
             procs.start(name)
-        _wait(lambda: all(procs.heartbeat(n) for n in names), 180, "workers warm")
+        wait(lambda: all(procs.heartbeat(n) for n in names), 180, "workers warm")
         bulk = subprocess.Popen(
             [sys.executable, "-m", "scoring.cli", "bulk", str(data), "--model", "demo"]
             + ["--chunk-size", str(plan.chunk_size)],
@@ -152,11 +113,11 @@ def _run(
         pending: dict[str, dict[str, float]] = {}
         while len(kills) < plan.kills:
             name = names[len(kills) % len(names)]
-            _settle(procs, pending)
+            settle(procs, pending)
             # Every worker is consuming (each stored a batch since it started): a kill then
             # lands on messages its target fetched, buffered or is scoring, and the run
             # never has all its workers down at once.
-            _wait(
+            wait(
                 lambda: all(_consuming(procs, n, engine, plan) for n in names),
                 180,
                 "workers consuming",
@@ -183,10 +144,10 @@ def _run(
         out, _ = bulk.communicate(timeout=600)
         if bulk.returncode != 0:
             raise RuntimeError(f"scoring bulk failed: {out.decode(errors='replace')[-2000:]}")
-        _wait(lambda: _count(engine) >= plan.rows, plan.drain_timeout_s, "every row stored")
+        wait(lambda: _count(engine) >= plan.rows, plan.drain_timeout_s, "every row stored")
         drain_s = time.monotonic() - last_kill
-        _wait(lambda: not _busy(broker_url, queue), 60, "queues empty")
-        _settle(procs, pending, wait_s=60)
+        wait(lambda: not busy(broker_url, queue), 60, "queues empty")
+        settle(procs, pending, wait_s=60)
         elapsed = time.monotonic() - started
     finally:
         procs.stop_all()
@@ -196,20 +157,6 @@ def _run(
 def _consuming(procs: Procs, name: str, engine: Any, plan: ChaosPlan) -> bool:
     beat = procs.heartbeat(name)
     return bool(beat and beat.get("batches", 0) > 0) or _count(engine) >= plan.rows
-
-
-def _settle(procs: Procs, pending: dict[str, dict[str, float]], wait_s: float = 0) -> None:
-    """A restarted worker has recovered once it finished a batch: note how long it took."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        for name in list(pending):
-            beat = procs.heartbeat(name)
-            if beat and beat.get("batches", 0) > 0:
-                kill = pending.pop(name)
-                kill["recovered_s"] = round(float(beat["at"]) - kill.pop("wall"), 2)
-        if not pending or time.monotonic() >= deadline:
-            return
-        time.sleep(0.2)
 
 
 def _report(
@@ -241,8 +188,8 @@ def _report(
         "results_out": int(rows),
         "lost": int(enqueued or 0) - int(distinct),
         "duplicated": int(rows) - int(distinct),
-        "dead_letters": _llen(broker_url, dlq),
-        "left_queued_or_unacked": _busy(broker_url, queue),
+        "dead_letters": llen(broker_url, dlq),
+        "left_queued_or_unacked": busy(broker_url, queue),
         "recovery_s": {
             "median": round(statistics.median(recovered), 2) if recovered else None,
             "max": max(recovered, default=None),
@@ -258,38 +205,6 @@ def _count(engine: Any) -> int:
 
     with engine.connect() as conn:
         return int(conn.execute(text("SELECT count(*) FROM score_results")).scalar_one())
-
-
-def _client(broker_url: str) -> Any:
-    import redis
-
-    return redis.Redis.from_url(broker_url)
-
-
-def _llen(broker_url: str, queue: str) -> int:
-    return int(_client(broker_url).llen(queue))
-
-
-def _busy(broker_url: str, queue: str) -> int:
-    """Messages of `queue` still queued or recorded as unacknowledged."""
-    client = _client(broker_url)
-    queued = sum(int(client.llen(k)) for k in names.queue_lists(queue))
-    held = sum(queue.encode() in raw for raw in client.hvals("unacked"))
-    return queued + held
-
-
-def _drop(broker_url: str, queue: str, dlq: str) -> None:
-    client = _client(broker_url)
-    keys = [*names.queue_lists(queue), dlq]
-    client.delete(*keys, f"{names.DOORBELL_PREFIX}{queue}", f"_kombu.binding.{queue}")
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"chaos run: {what}: not within {timeout:.0f}s")
-        time.sleep(0.2)
 
 
 def command(

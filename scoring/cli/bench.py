@@ -27,6 +27,10 @@ BENCHMARKS = {
         "bench.chaos:command",
         "SIGKILL workers at random instants during a bulk run; count lost and doubled rows.",
     ),
+    "soak": Lazy(
+        "bench.soak:command",
+        "Minutes of Kafka and Redis load with worker SIGKILLs and a Redis restart; counts.",
+    ),
     "switch": Lazy(
         "bench.switch:command",
         "p99 latency across a promotion vs before it (warm-up off vs on the scorer thread).",
