@@ -142,6 +142,7 @@ def _arm(
         "requests": sent,
         "versions": sorted(timing.versions),
         "errors": timing.errors,
+        "not_ok": timing.not_ok,
         "before": {"n": len(before), "p50_ms": _ms(_p50(before)), "p99_ms": _ms(p99_before)},
         "across": {
             "n": len(across),
@@ -164,6 +165,7 @@ class _Timing:
         self.first_v2: float | None = None
         self.versions: set[int] = set()
         self.errors = 0
+        self.not_ok: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     def before_batch(self, items: Any) -> None:
@@ -173,7 +175,12 @@ class _Timing:
         done = time.perf_counter()
         for row in report.rows if report is not None else []:
             self.versions.add(row["model_version"])
-            self.errors += row["status"] != "ok"
+            if row["status"] != "ok":
+                self.errors += 1
+                if len(self.not_ok) < 5:  # what went wrong, in the report
+                    self.not_ok.append(
+                        {k: row.get(k) for k in ("request_id", "status", "error", "model_version")}
+                    )
             if row["model_version"] == 2 and self.first_v2 is None:
                 self.first_v2 = done
             sent = self.submitted.get(row["request_id"])

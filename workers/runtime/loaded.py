@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import torch
 
 from schemas.tables import ModelVersion
+from workers.runtime import trace_guard
 from workers.runtime.artifacts import load_checked
 from workers.runtime.backends import (
     COMPILED,
@@ -63,7 +64,8 @@ class LoadedModel:
         if self.backend in COMPILED:
             batch = _pad(batch, bucket_for(n, self.max_batch_size))
         with torch.inference_mode():
-            output = self.runner(*(_to_device(t, self.device) for t in batch))
+            tensors = [_to_device(t, self.device) for t in batch]
+            output = trace_guard.call(self.runner, *tensors)  # a compile elsewhere may trace
         return self.architecture.postprocess(output[:n].detach().float().cpu(), self.config)
 
     def warm_up(self, example: dict[str, Any]) -> list[int]:
