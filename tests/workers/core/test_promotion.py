@@ -133,7 +133,7 @@ def test_promotion_during_a_stream_cuts_over_once_without_waiting(
         # v2 is loading and its warm-up is held: the scorer keeps serving v1 meanwhile
         first_during = len(stream.items)
         stream.wait_more(10)
-        during = stream.items[first_during:]
+        during = stream.items[first_during : 3 * stream.done]  # groups of 3, all scored
         assert watcher.warming == {"demo": 2}
         assert watcher.serving("demo") == 1 and watcher.switches == []
         hold.release.set()
@@ -228,3 +228,28 @@ def test_a_request_naming_the_old_version_keeps_it_loaded(
     assert ("demo", 1) in models and ("demo", 2) in models
     rows, _ = rows_and_batches(engine)
     assert {r.model_version for r in rows if r.request_id.startswith("pin")} == {1}
+
+
+def test_a_warm_up_hands_the_gil_over_often_and_the_watcher_runs_last() -> None:
+    """While a version warms up the scorer waits for the GIL at most 20 µs at a time (not
+    5 ms), and the watcher thread runs at nice 19; both are undone or kept to it."""
+    import os
+    import sys
+
+    from workers.core import switch
+
+    before = sys.getswitchinterval()
+    with switch.scorer_first():
+        assert sys.getswitchinterval() == pytest.approx(switch.WARM_UP_SWITCH_INTERVAL_S)
+    assert sys.getswitchinterval() == before
+    niceness: list[int] = []
+
+    def watcher_thread() -> None:
+        switch.lowest_priority()
+        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=watcher_thread)
+    thread.start()
+    thread.join(10)
+    assert niceness == [switch.WATCHER_NICE]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < switch.WATCHER_NICE
