@@ -29,6 +29,7 @@ def test_a_short_soak_loses_and_doubles_nothing(
         *("--redis-restart-at-s", "30", "--rate", "40", "--drain-timeout-s", "60"),
         *("--out", str(out)),
         env=env,
+        cwd=tmp_path,  # not the checkout: what it imports must be installed (deploy/ too)
         timeout=280,
     )
     assert out.exists(), done.stdout[-3000:] + done.stderr[-3000:]
