@@ -276,6 +276,9 @@ class LimitsSettings(BaseSettings):
 
     max_text_chars: int = Field(default=10_000, ge=1)
     max_metadata_bytes: int = Field(default=4096, ge=2)
+    # Keep each request's raw inputs in its result row (score_results.inputs). Off: rows
+    # keep outputs, metadata and the inputs' sha256 only (inputs may be personal data).
+    retain_inputs: bool = False
 
 
 class RuntimeSettings(BaseSettings):

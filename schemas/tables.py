@@ -112,6 +112,10 @@ class ScoreResult(SQLModel, table=True):
     bulk_run_id: str | None = Field(default=None, max_length=64)
     bulk_chunk: int | None = None  # the chunk's number in its bulk run (bulk_chunks.seq)
     meta: dict[str, Any] | None = Field(default=None, sa_column=Column("metadata", JSON))
+    # sha256 of the request's inputs as canonical JSON (workers/core/input_digest.py); the
+    # inputs themselves only with SCORING_RETAIN_INPUTS (they may be personal data).
+    inputs_sha256: str | None = Field(default=None, max_length=64)
+    inputs: dict[str, Any] | None = _json()
     enqueued_at: datetime | None = None
     scored_at: datetime = Field(default_factory=utcnow)
     queue_ms: float | None = None

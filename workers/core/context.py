@@ -60,6 +60,7 @@ def build_context(
             worker=worker,
             max_text_chars=settings.limits.max_text_chars,
             max_metadata_bytes=settings.limits.max_metadata_bytes,
+            retain_inputs=settings.limits.retain_inputs,
             dead_letter=dead_letter,
         ),
         versions=watcher,

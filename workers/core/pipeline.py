@@ -27,6 +27,7 @@ from schemas import names as c
 from schemas.tables import utcnow
 from schemas.wire import DEFAULT_MAX_METADATA_BYTES, InputError, ScoreRequest, check_inputs
 from workers.core.chunks import CheckedChunk, RowChunk, check_chunk
+from workers.core.input_digest import chunk_inputs, digest, storable
 from workers.core.model_calls import score_columns, score_rows, short_error
 from workers.core.oom import BatchLimits, Fit
 from workers.core.result_rows import metric_row, ms_between, result_row
@@ -68,6 +69,7 @@ class PipelineConfig:
     worker: str = "local"
     max_text_chars: int = 10_000
     max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
+    retain_inputs: bool = False  # raw inputs in score_results.inputs (else only their sha256)
     dead_letter: Callable[[WorkItem], None] = field(default=lambda item: None)
 
 
@@ -364,12 +366,16 @@ class ScoringPipeline:
             item, "", None, model, status, batch_id=batch_id, began=began, inference_ms=inference_ms
         )
         out = []
-        for index, (outputs, problem) in zip(indices, scored, strict=True):
+        inputs = chunk_inputs(item.payload.rows, model.input_schema, indices)
+        retain = self.config.retain_inputs
+        for index, (outputs, problem), sent in zip(indices, scored, inputs, strict=True):
             label = checked.labels[index]
             out.append(
                 {
                     **shared,
                     "request_id": checked.ids[index],
+                    "inputs_sha256": digest(sent),
+                    "inputs": storable(sent) if retain else None,
                     "metadata": {"label": label} if label is not None else None,
                     "outputs": outputs,
                     "error": problem,
@@ -413,8 +419,16 @@ class ScoringPipeline:
         self, item: WorkItem, request: ScoreRequest, model: LoadedModel, status: str, **fields: Any
     ) -> dict[str, Any]:
         """The result row of a single request; sources that publish results read item.result."""
+        inputs = request.inputs
         item.result = self._result(
-            item, request.request_id, request.metadata or None, model, status, **fields
+            item,
+            request.request_id,
+            request.metadata or None,
+            model,
+            status,
+            inputs_sha256=digest(inputs),
+            inputs=storable(inputs) if self.config.retain_inputs else None,
+            **fields,
         )
         return item.result
 

@@ -27,6 +27,8 @@ def result_row(
     inference_ms: float | None = None,
     scored_at: datetime | None = None,
     bulk_chunk: int | None = None,
+    inputs_sha256: str | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One score_results row; `began` is when its model call started (for queue_ms)."""
     return {
@@ -41,6 +43,8 @@ def result_row(
         "bulk_run_id": bulk_run_id,
         "bulk_chunk": bulk_chunk,
         "metadata": metadata,
+        "inputs_sha256": inputs_sha256,
+        "inputs": inputs,
         "enqueued_at": enqueued_at,
         "scored_at": scored_at or utcnow(),
         "queue_ms": ms_between(enqueued_at, began) if began else None,
