@@ -65,6 +65,9 @@ class BrokerSettings(BaseSettings):
     worker_hold_rows: int = Field(default=512, ge=1)
     # The most messages one worker process holds (per-event messages of one request each).
     worker_prefetch: int = Field(default=256, ge=1)
+    # A task message whose body is larger is dead-lettered before it is decoded (a bulk
+    # chunk of 256 long texts is a few MB).
+    max_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     # Seconds celery-batches waits before flushing a partial buffer.
     worker_flush_interval_s: float = Field(default=0.05, gt=0)
     # A request whose scoring, alone, killed its worker this many times (the model exits
@@ -276,6 +279,9 @@ class LimitsSettings(BaseSettings):
 
     max_text_chars: int = Field(default=10_000, ge=1)
     max_metadata_bytes: int = Field(default=4096, ge=2)
+    # A request arriving as bytes (a Kafka record) larger than this is dead-lettered
+    # before it is decoded or parsed.
+    max_request_bytes: int = Field(default=1024 * 1024, ge=256)
     # Keep each request's raw inputs in its result row (score_results.inputs). Off: rows
     # keep outputs, metadata and the inputs' sha256 only (inputs may be personal data).
     retain_inputs: bool = False

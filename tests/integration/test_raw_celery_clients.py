@@ -29,6 +29,8 @@ from workers.runtime import registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+MAX_BYTES = 100_000  # SCORING_MAX_MESSAGE_BYTES of the worker under test
+
 
 def envelope(
     queue: str, task_id: str, body: str, content_type: str | None = "application/json"
@@ -100,7 +102,8 @@ def running(
     engine = make_engine(sqlite_url)
     registry.register(engine, settings.runtime.model_store, "demo", demo_artifact)
     log = tmp_path / "worker.log"
-    proc = worker_process(worker_env(redis_url, sqlite_url, settings), "raw", log)
+    env = worker_env(redis_url, sqlite_url, settings, SCORING_MAX_MESSAGE_BYTES=str(MAX_BYTES))
+    proc = worker_process(env, "raw", log)
     client = redis.Redis.from_url(redis_url)
     try:
         yield Running(settings, client, engine, proc, log)
@@ -143,6 +146,8 @@ def test_hand_built_messages_are_scored_or_dead_lettered_with_the_reason(
         "t-not-base64": ("!" + task_body([others[3]]), "application/json", "base64"),
         "t-not-json": (b64("[[[{not json"), "application/json", "application/json"),
         "t-two-items": (b64(two_items), "application/json", "[args, kwargs, embed]"),
+        "t-huge": (b64(task_body([{**others[4], "metadata": {"x": "y" * MAX_BYTES}}])),
+                   "application/json", "SCORING_MAX_MESSAGE_BYTES"),
     }  # fmt: skip
     tags = [tag]
     for task_id, (body, content_type, _) in bad.items():

@@ -61,6 +61,7 @@ def build_context(
             max_text_chars=settings.limits.max_text_chars,
             max_metadata_bytes=settings.limits.max_metadata_bytes,
             retain_inputs=settings.limits.retain_inputs,
+            max_request_bytes=settings.limits.max_request_bytes,
             dead_letter=dead_letter,
         ),
         versions=watcher,

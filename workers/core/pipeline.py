@@ -70,6 +70,7 @@ class PipelineConfig:
     max_text_chars: int = 10_000
     max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
     retain_inputs: bool = False  # raw inputs in score_results.inputs (else only their sha256)
+    max_request_bytes: int = 1024 * 1024  # a request as bytes (Kafka) larger: a dead letter
     dead_letter: Callable[[WorkItem], None] = field(default=lambda item: None)
 
 
@@ -146,7 +147,9 @@ class ScoringPipeline:
         rows: list[dict[str, Any]],
     ) -> Scored | None:
         try:
-            request = _parse(item.payload, self.config.max_metadata_bytes)
+            request = _parse(
+                item.payload, self.config.max_metadata_bytes, self.config.max_request_bytes
+            )
             model = self._model_named(request.model, request.model_version, active)
         except (ValueError, ValidationError, registry.RegistryError, ArtifactError) as exc:
             self._dead(item, short_error(exc))
@@ -506,10 +509,14 @@ def _model_of(payload: Any) -> tuple[str | None, int | None]:
     return payload["model"], version if isinstance(version, int) else None
 
 
-def _parse(payload: Any, max_metadata_bytes: int) -> ScoreRequest:
+def _parse(payload: Any, max_metadata_bytes: int, max_bytes: int) -> ScoreRequest:
     if payload is None:
         raise ValueError("a tombstone (the record's value is null): nothing to score")
     if isinstance(payload, bytes | bytearray):
+        if len(payload) > max_bytes:
+            raise ValueError(
+                f"request of {len(payload)} bytes is over SCORING_MAX_REQUEST_BYTES ({max_bytes})"
+            )
         try:
             payload = payload.decode("utf-8")
         except UnicodeDecodeError as exc:

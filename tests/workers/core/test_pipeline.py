@@ -112,6 +112,18 @@ def test_requests_that_cannot_be_keyed_become_dead_letters(setup) -> None:  # ty
     assert "no active version" in reasons[4] and "no version 9" in reasons[5]
 
 
+def test_a_request_over_the_byte_limit_is_dead_lettered_before_it_is_parsed(setup) -> None:  # type: ignore[no-untyped-def]
+    engine, pipeline, dead, _ = setup
+    pipeline.config.max_request_bytes = 2_000
+    fits, big = demo_requests(2)
+    big["metadata"] = {"blob": "x" * 3_000}
+    batch = items([json.dumps(fits).encode(), json.dumps(big).encode()], source="kafka")
+    pipeline.process(batch)
+    assert count_results(engine) == 1
+    assert len(dead) == 1 and dead[0].payload == batch[1].payload
+    assert dead[0].reason.startswith("request of ") and "SCORING_MAX_REQUEST_BYTES" in dead[0].reason
+
+
 def test_a_passed_deadline_is_recorded_as_expired(setup) -> None:  # type: ignore[no-untyped-def]
     engine, pipeline, _, _ = setup
     late = WorkItem(

@@ -45,9 +45,10 @@ class DeadLetteringConsumer(Consumer):
         undecoded, or whose layout would stop the worker, is parked instead."""
         handler = super().create_task_handler(*args, **kwargs)
         accepted = prepare_accept_content(self.app.conf.accept_content)
+        limit = self.app.scoring_broker.max_message_bytes
 
         def on_task_received(message: Any) -> None:
-            problem = task_message_problem(message, accepted)
+            problem = task_message_problem(message, accepted, limit)
             if problem is None:
                 return handler(message)
             self._park(message, problem)

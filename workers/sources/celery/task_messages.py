@@ -20,9 +20,15 @@ from kombu.serialization import TRUSTED_CONTENT
 LAYOUT = "[args, kwargs, embed] (Celery message protocol 2): a list, an object, an object or null"
 
 
-def task_message_problem(message: Any, accepted: Collection[str]) -> str | None:
+def task_message_problem(
+    message: Any, accepted: Collection[str], max_bytes: int | None = None
+) -> str | None:
     """Why `message` cannot go to Celery's strategy, or None when it can (or when Celery's
-    own checks park it: a refused content type, no `task` header)."""
+    own checks park it: a refused content type, no `task` header). A body over `max_bytes`
+    is refused before anything decodes it."""
+    body = message.body
+    if max_bytes is not None and isinstance(body, str | bytes) and len(body) > max_bytes:
+        return f"message of {len(body)} bytes is over SCORING_MAX_MESSAGE_BYTES ({max_bytes})"
     content_type = message.content_type
     if not content_type:
         return "no content type: the body was not decoded (send content-type application/json)"
