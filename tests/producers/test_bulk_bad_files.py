@@ -68,7 +68,7 @@ class Broker:
     def __init__(self) -> None:
         self.items: list[WorkItem] = []
 
-    def __call__(self, app: Any) -> Broker:
+    def __call__(self, app: Any, **options: Any) -> Broker:  # RedisProducer(app, retry_policy=…)
         return self
 
     def send(self, requests: Any, *, bulk_run_id: Any, bulk_chunk: Any, **_: Any) -> int:

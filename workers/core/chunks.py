@@ -115,6 +115,7 @@ class CheckedChunk:
     valid: np.ndarray  # indices of valid rows
     columns: dict[str, Any]
     invalid: dict[int, str]
+    digests: list[str] | None = None  # every row's inputs digest, once computed
 
 
 def check_chunk(

@@ -27,7 +27,7 @@ from schemas import names as c
 from schemas.tables import utcnow
 from schemas.wire import DEFAULT_MAX_METADATA_BYTES, InputError, ScoreRequest, check_inputs
 from workers.core.chunks import CheckedChunk, RowChunk, check_chunk
-from workers.core.input_digest import chunk_inputs, digest, storable
+from workers.core.input_digest import chunk_inputs, column_digests, digest, storable
 from workers.core.model_calls import score_columns, score_rows, short_error
 from workers.core.oom import BatchLimits, Fit
 from workers.core.result_rows import metric_row, ms_between, result_row
@@ -369,16 +369,20 @@ class ScoringPipeline:
             item, "", None, model, status, batch_id=batch_id, began=began, inference_ms=inference_ms
         )
         out = []
-        inputs = chunk_inputs(item.payload.rows, model.input_schema, indices)
-        retain = self.config.retain_inputs
-        for index, (outputs, problem), sent in zip(indices, scored, inputs, strict=True):
+        digests = _chunk_digests(item.payload.rows, checked, model.input_schema)
+        kept = (
+            chunk_inputs(item.payload.rows, model.input_schema, indices)
+            if self.config.retain_inputs
+            else [None] * len(indices)
+        )
+        for index, (outputs, problem), sent in zip(indices, scored, kept, strict=True):
             label = checked.labels[index]
             out.append(
                 {
                     **shared,
                     "request_id": checked.ids[index],
-                    "inputs_sha256": digest(sent),
-                    "inputs": storable(sent) if retain else None,
+                    "inputs_sha256": digests[index],
+                    "inputs": storable(sent),
                     "metadata": {"label": label} if label is not None else None,
                     "outputs": outputs,
                     "error": problem,
@@ -429,7 +433,7 @@ class ScoringPipeline:
             request.metadata or None,
             model,
             status,
-            inputs_sha256=digest(inputs),
+            inputs_sha256=digest(inputs, model.input_schema),
             inputs=storable(inputs) if self.config.retain_inputs else None,
             **fields,
         )
@@ -507,6 +511,23 @@ def _model_of(payload: Any) -> tuple[str | None, int | None]:
         return None, None
     version = payload.get("model_version")
     return payload["model"], version if isinstance(version, int) else None
+
+
+def _chunk_digests(rows: Any, checked: CheckedChunk, schema: dict[str, str]) -> list[str]:
+    """Every row's inputs digest, computed once per chunk: the valid rows from their checked
+    columns, the others (few) from what was sent."""
+    if checked.digests is None:
+        valid = checked.valid.tolist()
+        out = [""] * rows.num_rows
+        for index, found in zip(
+            valid, column_digests(checked.columns, schema, len(valid)), strict=True
+        ):
+            out[index] = found
+        others = [i for i, found in enumerate(out) if not found]
+        for index, sent in zip(others, chunk_inputs(rows, schema, others), strict=True):
+            out[index] = digest(sent, schema)
+        checked.digests = out
+    return checked.digests
 
 
 def _parse(payload: Any, max_metadata_bytes: int, max_bytes: int) -> ScoreRequest:

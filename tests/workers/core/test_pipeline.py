@@ -121,7 +121,8 @@ def test_a_request_over_the_byte_limit_is_dead_lettered_before_it_is_parsed(setu
     pipeline.process(batch)
     assert count_results(engine) == 1
     assert len(dead) == 1 and dead[0].payload == batch[1].payload
-    assert dead[0].reason.startswith("request of ") and "SCORING_MAX_REQUEST_BYTES" in dead[0].reason
+    reason = dead[0].reason
+    assert reason.startswith("request of ") and "SCORING_MAX_REQUEST_BYTES" in reason
 
 
 def test_a_passed_deadline_is_recorded_as_expired(setup) -> None:  # type: ignore[no-untyped-def]
