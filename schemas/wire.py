@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -99,3 +100,40 @@ def _field_problem(value: Any, type_name: str, max_text_chars: int) -> str | Non
     if isinstance(value, float) and not math.isfinite(value):
         return f"not a finite number ({value})"
     return None
+
+
+def parse_payload(payload: Any, max_metadata_bytes: int, max_bytes: int) -> ScoreRequest:
+    """A request as a source hands it over (a dict, JSON text, or bytes from Kafka, None
+    for a tombstone) checked and parsed; ValueError says why it cannot be keyed. Bytes
+    over `max_bytes` are refused before they are decoded."""
+    if payload is None:
+        raise ValueError("a tombstone (the record's value is null): nothing to score")
+    if isinstance(payload, bytes | bytearray):
+        if len(payload) > max_bytes:
+            raise ValueError(
+                f"request of {len(payload)} bytes is over SCORING_MAX_REQUEST_BYTES ({max_bytes})"
+            )
+        try:
+            payload = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-8: {exc}") from exc
+    if isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise ValueError(f"expected a JSON object, got {type(payload).__name__}")
+    return ScoreRequest.parse(payload, max_metadata_bytes)
+
+
+def expired(deadline_ms: int | None, enqueued_at: datetime | None, now: datetime) -> bool:
+    """A deadline (from enqueueing) that has passed by `now`; no deadline never expires."""
+    if not deadline_ms or enqueued_at is None:
+        return False
+    return (now - enqueued_at).total_seconds() * 1000 > deadline_ms
+
+
+def from_epoch(ts: float | None) -> datetime | None:
+    """An enqueue timestamp carried on the wire as epoch seconds."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)

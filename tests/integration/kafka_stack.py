@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from bench.fleet import stop_processes
 from schemas.db import make_engine
 from schemas.settings import DatabaseSettings, KafkaSettings, Settings
 from workers.runtime import registry
@@ -141,15 +142,7 @@ class KafkaStack:
         return proc.wait(timeout)
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_processes(self.procs.values())
 
     def scalar(self, sql: str) -> Any:
         engine = self.engine()

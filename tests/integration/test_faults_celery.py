@@ -16,6 +16,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
+from bench.fleet import stop_processes
 from schemas.db import make_engine
 from tests.helpers import count_results, run_scoring, wait_for, worker_env, worker_process
 from tests.tcp_proxy import proxy_for
@@ -39,14 +40,7 @@ class Workers:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(self.procs.values())
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from bench.fleet import stop_processes
 from producers.kafka_producer import EventProducer
 from producers.redis_producer import RedisProducer
 from schemas.broker import celery_app
@@ -141,15 +142,7 @@ class Cluster:
         return int(self.redis().llen(self.broker.dead_letter_queue))
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_processes(self.procs.values())
 
 
 def records(stack: KafkaStack, topic: str) -> int:

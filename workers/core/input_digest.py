@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from workers.core.chunks import CheckedChunk
+
 TAG = b"scoring-inputs-v1\0"
 _MISSING = object()
 
@@ -106,6 +108,23 @@ def column_digests(columns: dict[str, Any], schema: dict[str, str], n: int) -> l
         state.update(data[start : start + width])
         out.append(state.hexdigest())
     return out
+
+
+def chunk_digests(rows: pa.RecordBatch, checked: CheckedChunk, schema: dict[str, str]) -> list[str]:
+    """Every row's inputs digest, computed once per chunk: the valid rows from their checked
+    columns, the others (few) from what was sent."""
+    if checked.digests is None:
+        valid = checked.valid.tolist()
+        out = [""] * rows.num_rows
+        for index, found in zip(
+            valid, column_digests(checked.columns, schema, len(valid)), strict=True
+        ):
+            out[index] = found
+        others = [i for i, found in enumerate(out) if not found]
+        for index, sent in zip(others, chunk_inputs(rows, schema, others), strict=True):
+            out[index] = digest(sent, schema)
+        checked.digests = out
+    return checked.digests
 
 
 def _as_list(values: Any) -> list[Any]:

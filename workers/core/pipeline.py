@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,9 +25,16 @@ from sqlalchemy.exc import OperationalError
 
 from schemas import names as c
 from schemas.tables import utcnow
-from schemas.wire import DEFAULT_MAX_METADATA_BYTES, InputError, ScoreRequest, check_inputs
+from schemas.wire import (
+    DEFAULT_MAX_METADATA_BYTES,
+    InputError,
+    ScoreRequest,
+    check_inputs,
+    expired,
+    parse_payload,
+)
 from workers.core.chunks import CheckedChunk, RowChunk, check_chunk
-from workers.core.input_digest import chunk_inputs, column_digests, digest, storable
+from workers.core.input_digest import chunk_digests, chunk_inputs, digest, storable
 from workers.core.model_calls import score_columns, score_rows, short_error
 from workers.core.oom import BatchLimits, Fit
 from workers.core.result_rows import metric_row, ms_between, result_row
@@ -147,14 +154,14 @@ class ScoringPipeline:
         rows: list[dict[str, Any]],
     ) -> Scored | None:
         try:
-            request = _parse(
+            request = parse_payload(
                 item.payload, self.config.max_metadata_bytes, self.config.max_request_bytes
             )
             model = self._model_named(request.model, request.model_version, active)
         except (ValueError, ValidationError, registry.RegistryError, ArtifactError) as exc:
             self._dead(item, short_error(exc))
             return None
-        if _expired(request, item.enqueued_at, now):
+        if expired(request.deadline_ms, item.enqueued_at, now):
             rows.append(
                 self._row(
                     item,
@@ -277,7 +284,7 @@ class ScoringPipeline:
                 if scored is not None:
                     ready.append(scored)
             return None
-        if chunk.deadline_ms and _late(chunk.deadline_ms, item.enqueued_at, now):
+        if expired(chunk.deadline_ms, item.enqueued_at, now):
             error = f"deadline of {chunk.deadline_ms} ms passed"
             every = range(len(checked.ids))
             rows += self._chunk_rows(item, checked, model, every, c.STATUS_EXPIRED, error=error)
@@ -369,7 +376,7 @@ class ScoringPipeline:
             item, "", None, model, status, batch_id=batch_id, began=began, inference_ms=inference_ms
         )
         out = []
-        digests = _chunk_digests(item.payload.rows, checked, model.input_schema)
+        digests = chunk_digests(item.payload.rows, checked, model.input_schema)
         kept = (
             chunk_inputs(item.payload.rows, model.input_schema, indices)
             if self.config.retain_inputs
@@ -511,55 +518,3 @@ def _model_of(payload: Any) -> tuple[str | None, int | None]:
         return None, None
     version = payload.get("model_version")
     return payload["model"], version if isinstance(version, int) else None
-
-
-def _chunk_digests(rows: Any, checked: CheckedChunk, schema: dict[str, str]) -> list[str]:
-    """Every row's inputs digest, computed once per chunk: the valid rows from their checked
-    columns, the others (few) from what was sent."""
-    if checked.digests is None:
-        valid = checked.valid.tolist()
-        out = [""] * rows.num_rows
-        for index, found in zip(
-            valid, column_digests(checked.columns, schema, len(valid)), strict=True
-        ):
-            out[index] = found
-        others = [i for i, found in enumerate(out) if not found]
-        for index, sent in zip(others, chunk_inputs(rows, schema, others), strict=True):
-            out[index] = digest(sent, schema)
-        checked.digests = out
-    return checked.digests
-
-
-def _parse(payload: Any, max_metadata_bytes: int, max_bytes: int) -> ScoreRequest:
-    if payload is None:
-        raise ValueError("a tombstone (the record's value is null): nothing to score")
-    if isinstance(payload, bytes | bytearray):
-        if len(payload) > max_bytes:
-            raise ValueError(
-                f"request of {len(payload)} bytes is over SCORING_MAX_REQUEST_BYTES ({max_bytes})"
-            )
-        try:
-            payload = payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"not UTF-8: {exc}") from exc
-    if isinstance(payload, str):
-        try:
-            payload = json.loads(payload)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise ValueError(f"expected a JSON object, got {type(payload).__name__}")
-    return ScoreRequest.parse(payload, max_metadata_bytes)
-
-
-def _expired(request: ScoreRequest, enqueued_at: datetime | None, now: datetime) -> bool:
-    return request.deadline_ms is not None and _late(request.deadline_ms, enqueued_at, now)
-
-
-def _late(deadline_ms: int, enqueued_at: datetime | None, now: datetime) -> bool:
-    return enqueued_at is not None and (now - enqueued_at).total_seconds() * 1000 > deadline_ms
-
-
-def from_epoch(ts: float | None) -> datetime | None:
-    """An enqueue timestamp carried on the wire as epoch seconds."""
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)

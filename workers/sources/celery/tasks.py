@@ -18,8 +18,8 @@ from celery_batches import SimpleRequest
 
 from schemas import names
 from schemas.settings import BrokerSettings
+from schemas.wire import from_epoch
 from workers.core.chunks import RowChunk
-from workers.core.pipeline import from_epoch
 from workers.sources.base import Outcome, Scorer, WorkItem
 from workers.sources.celery.batches import SettledBatches
 from workers.sources.celery.crashes import CrashGuard
