@@ -71,10 +71,12 @@ class SettledBatches(Batches):
             self.on_waiting()
 
     def flush(self, requests: Collection[Any]) -> Any:
-        due = {r.id for r in requests} & getattr(self, "waiting", set())
-        if due:
-            self.waiting -= due
-            self._waiting_changed()
+        waiting = getattr(self, "waiting", None)
+        if waiting:  # usually empty: no set built per flush then
+            due = {r.id for r in requests} & waiting
+            if due:
+                waiting -= due
+                self._waiting_changed()
         acks_early, acks_late = _partition(lambda r: bool(r.task.acks_late), requests)
         self._unsettled: set[str] = set()
         self._retried: set[str] = set()
