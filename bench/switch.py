@@ -17,6 +17,7 @@ the end) divided by its p99 before it.
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import tempfile
@@ -114,6 +115,7 @@ def _arm(
         engine, ResultSink(engine), models, PipelineConfig(worker="bench"), versions=versions
     )
     timing = _Timing()
+    gc.callbacks.append(timing.gc_event)
     service = ScoringService(pipeline, 256, 0.01, hooks=[timing]).start()
     if versions is not None:
         versions.start()
@@ -143,6 +145,7 @@ def _arm(
         if delay > 0:
             time.sleep(delay)
     service.close(120)
+    gc.callbacks.remove(timing.gc_event)
     if versions is not None:
         versions.stop()
     engine.dispose()
@@ -166,7 +169,29 @@ def _arm(
         "promote_to_first_v2_s": round((timing.first_v2 or 0) - promoted_at, 3),
         "warm_s": round(versions.switches[0].warm_s, 3) if versions and versions.switches else None,
         "ratio_p99": round(p99_across / p99_before, 2),
+        # where the slow requests come from: garbage collections that stopped every
+        # thread, and the half-second windows whose p50 was over twice the p50 before
+        "gc_pauses": [
+            {"at_s": round(t - promoted_at, 2), "ms": _ms(d), "generation": g, "thread": n}
+            for t, d, g, n in timing.gc_pauses
+        ],
+        "slow_windows": _slow_windows(timing.latencies, promoted_at, 2 * _p50(before)),
     }
+
+
+def _slow_windows(
+    latencies: list[tuple[float, float]], promoted_at: float, over: float
+) -> list[dict[str, Any]]:
+    """Half-second windows (by submit time, from the promotion on) with p50 over `over`."""
+    windows: dict[int, list[float]] = {}
+    for sent, latency in latencies:
+        if sent >= promoted_at:
+            windows.setdefault(int((sent - promoted_at) * 2), []).append(latency)
+    return [
+        {"from_s": w / 2, "n": len(v), "p50_ms": _ms(_p50(v)), "max_ms": _ms(max(v))}
+        for w, v in sorted(windows.items())
+        if _p50(v) > over
+    ]
 
 
 class _Timing:
@@ -179,7 +204,18 @@ class _Timing:
         self.versions: set[int] = set()
         self.errors = 0
         self.not_ok: list[dict[str, Any]] = []
+        self.gc_pauses: list[tuple[float, float, int, str]] = []  # end, seconds, gen, thread
+        self._gc_began = 0.0
         self._lock = threading.Lock()
+
+    def gc_event(self, phase: str, info: dict[str, Any]) -> None:
+        """gc.callbacks: collections over 20 ms (they hold the GIL: every thread waits)."""
+        now = time.perf_counter()
+        if phase == "start":
+            self._gc_began = now
+        elif now - self._gc_began > 0.02:
+            name = threading.current_thread().name
+            self.gc_pauses.append((now, now - self._gc_began, info["generation"], name))
 
     def before_batch(self, items: Any) -> None:
         pass
