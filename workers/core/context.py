@@ -15,6 +15,7 @@ from workers.hooks import BatchHook
 from workers.hooks.drift_metrics import from_database
 from workers.hooks.heartbeat import Heartbeat
 from workers.hooks.metrics import WorkerMetrics
+from workers.runtime.heap import freeze_imported_heap
 from workers.runtime.loaded import ModelCache, pick_device
 from workers.sources.base import WorkItem
 
@@ -44,6 +45,8 @@ def build_context(
         import torch
 
         torch.set_num_threads(settings.runtime.torch_threads)
+    if settings.runtime.freeze_heap:
+        freeze_imported_heap()  # before any model is loaded: models must stay collectable
     metrics = _metrics(settings, worker)
     db = settings.database
     engine = make_engine(db.sqlalchemy_url(), db.idle_in_transaction_timeout_s)
