@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from schemas.db import make_engine
 from schemas.settings import Settings
+from workers.core.pacing import ScorerActivity
 from workers.core.pipeline import PipelineConfig, ScoringPipeline
 from workers.core.service import ScoringService
 from workers.core.sink import ResultSink
@@ -54,7 +55,8 @@ def build_context(
         metrics.add_drift(from_database(engine))
     sink = ResultSink(engine, db.retries, db.retry_backoff_s)
     models = ModelCache(pick_device(), listener=metrics)
-    watcher = VersionWatcher(engine, models, listener=metrics)
+    scorer = ScorerActivity()  # the watcher's warm-ups give way to its batches
+    watcher = VersionWatcher(engine, models, listener=metrics, scorer=scorer)
     pipeline = ScoringPipeline(
         engine,
         sink,
@@ -76,7 +78,7 @@ def build_context(
         beat = Heartbeat(settings.runtime.heartbeat_dir / f"{worker}.json", worker)
         hooks.append(beat)
     service = ScoringService(
-        pipeline, batching.max_batch_size, batching.max_wait_ms / 1000, hooks=hooks
+        pipeline, batching.max_batch_size, batching.max_wait_ms / 1000, hooks=[*hooks, scorer]
     )
     # the watcher thread starts with the scorer: its first poll loads what is active
     # (at worker start, `WorkerProcess.warm_up` has that done already)

@@ -3,7 +3,8 @@
 The watcher polls the registry's active versions (one cheap query every `poll_s`). When a
 model's active version differs from the one the scorer serves (a promote or a rollback),
 it loads and warms the new version on its own thread, through the process's ModelCache,
-while the scorer keeps serving the old one. Only then does it offer the switch; the
+while the scorer keeps serving the old one (the warm-up pausing while the scorer is in a
+batch: workers/core/pacing.py). Only then does it offer the switch; the
 scorer takes it at the start of its next micro-batch (`begin_batch`), so a switch always
 falls between two micro-batches, and no request waits for a warm-up or meets a
 half-loaded model. The old version is released after the switch, unless requests still
@@ -29,6 +30,7 @@ from typing import Protocol
 from sqlalchemy import Engine
 
 from schemas.redaction import redact, url_password
+from workers.core.pacing import ScorerActivity, giving_way_to
 from workers.runtime import registry
 from workers.runtime.loaded import ModelCache
 
@@ -47,6 +49,7 @@ class Switch:
     old: int
     new: int
     warm_s: float  # loading and warming `new`, on the watcher's thread
+    paused_s: float = 0.0  # of warm_s, paused while the scorer was in a batch
     last_batch_before: str | None = None  # batch_id of the last model call of `old`
     first_batch_after: str | None = None  # batch_id of the first model call of `new`
     taken_at: float | None = None  # time.time() when the scorer took it
@@ -56,11 +59,12 @@ class SwitchListener(Protocol):
     def model_switched(self, name: str, old: int, new: int) -> None: ...
 
 
-# While a version warms up (a compile is seconds of Python holding the GIL), the
-# interpreter offers the GIL to the scorer thread every 20 µs instead of every 5 ms, and
-# the watcher thread (and the compiler processes it starts) runs at the lowest CPU
-# priority: `scoring bench switch` measured the scorer's p99 across a compiled warm-up at
-# 17x its p99 before it with neither, 2x with both (docs/BENCHMARKS.md).
+# While a version warms up (a compile is seconds of Python holding the GIL), the watcher
+# thread pauses while the scorer is in a batch (workers/core/pacing.py), the interpreter
+# offers the GIL to the scorer every 20 µs instead of every 5 ms, and the watcher thread
+# (and the compiler processes it starts) runs at the lowest CPU priority. `scoring bench
+# switch` measured the scorer's p99 across a compiled warm-up at 17x its p99 before with
+# none of these, about 2x with the last two, 1.2-1.5x with all three (docs/BENCHMARKS.md).
 WARM_UP_SWITCH_INTERVAL_S = 20e-6
 WATCHER_NICE = 19
 
@@ -98,12 +102,14 @@ class VersionWatcher:
         poll_s: float = POLL_S,
         listener: SwitchListener | None = None,
         keep_named_s: float = KEEP_NAMED_S,
+        scorer: ScorerActivity | None = None,
     ) -> None:
         self.engine = engine
         self.models = models
         self.poll_s = poll_s
         self.listener = listener
         self.keep_named_s = keep_named_s
+        self.scorer = scorer  # the warm-up pauses while it scores a batch
         self.switches: list[Switch] = []  # taken, oldest first
         self.warming: dict[str, int] = {}  # name -> version being loaded now
         self._serving: dict[str, int] = {}
@@ -204,7 +210,7 @@ class VersionWatcher:
         self.warming[name] = version
         try:
             record = registry.get_version(self.engine, name, version)
-            with scorer_first():
+            with scorer_first(), giving_way_to(self.scorer) as pacer:
                 self.models.get(record)
         except Exception as exc:  # noqa: BLE001 - keep serving the old version
             self._failed.add((name, version))
@@ -220,10 +226,12 @@ class VersionWatcher:
         finally:
             self.warming.pop(name, None)
         warm_s = time.perf_counter() - began
+        paused_s = pacer.paused_s if pacer is not None else 0.0
+        how = f"warmed up in {warm_s:.2f} s, paused {paused_s:.2f} s for the scorer"
         with self._lock:
             if serving is None:  # a model this process did not serve yet: no cut-over
                 self._serving.setdefault(name, version)
-                log.info("now serving %s v%d (warmed up in %.2f s)", name, version, warm_s)
+                log.info("now serving %s v%d (%s)", name, version, how)
                 return
-            self._pending[name] = Switch(name, serving, version, warm_s)
-        log.info("%s v%d warmed up in %.2f s; switching from v%d", name, version, warm_s, serving)
+            self._pending[name] = Switch(name, serving, version, warm_s, paused_s)
+        log.info("%s v%d %s; switching from v%d", name, version, how, serving)

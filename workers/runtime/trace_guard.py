@@ -22,6 +22,7 @@ from typing import Any
 import torch.fx
 
 LOCK = threading.RLock()
+_here = threading.local()  # .depth: traces this thread is inside
 MESSAGE = "module is not installed as a submodule"
 ATTEMPTS = 20  # traces in a row a call may meet (inductor traces many small functions)
 
@@ -35,10 +36,19 @@ def install() -> None:
     @functools.wraps(trace)
     def locked(self: torch.fx.Tracer, *args: Any, **kwargs: Any) -> Any:
         with LOCK:
-            return trace(self, *args, **kwargs)
+            _here.depth = getattr(_here, "depth", 0) + 1
+            try:
+                return trace(self, *args, **kwargs)
+            finally:
+                _here.depth -= 1
 
     locked._holds_trace_lock = True  # type: ignore[attr-defined]
     torch.fx.Tracer.trace = locked  # type: ignore[method-assign]
+
+
+def held_here() -> bool:
+    """Whether this thread is inside a trace (and holds LOCK)."""
+    return getattr(_here, "depth", 0) > 0
 
 
 def call(fn: Callable[..., Any], *args: Any) -> Any:
