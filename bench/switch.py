@@ -90,15 +90,18 @@ def _arm(
 ) -> dict[str, Any]:
     from schemas.db import make_engine, upgrade
     from schemas.tables import utcnow
+    from workers.core.pacing import ScorerActivity
     from workers.core.pipeline import PipelineConfig, ScoringPipeline
     from workers.core.service import ScoringService
     from workers.core.sink import ResultSink
     from workers.core.switch import VersionWatcher
     from workers.runtime import registry
+    from workers.runtime.heap import freeze_imported_heap
     from workers.runtime.loaded import ModelCache
     from workers.runtime.models.demo.build import sample_rows
     from workers.sources.base import WorkItem
 
+    freeze_imported_heap()  # what a worker does before loading models (once a process)
     root.mkdir(parents=True)
     url = f"sqlite:///{root / 'scoring.db'}"
     upgrade(url)
@@ -108,7 +111,8 @@ def _arm(
     registry.set_backend(engine, "demo", 2, backend)
     models = ModelCache()
     models.get(v1)
-    versions = VersionWatcher(engine, models) if watcher else None
+    scorer = ScorerActivity()
+    versions = VersionWatcher(engine, models, scorer=scorer) if watcher else None
     if versions is not None:
         versions.prime({"demo": 1})
     pipeline = ScoringPipeline(
@@ -116,7 +120,7 @@ def _arm(
     )
     timing = _Timing()
     gc.callbacks.append(timing.gc_event)
-    service = ScoringService(pipeline, 256, 0.01, hooks=[timing]).start()
+    service = ScoringService(pipeline, 256, 0.01, hooks=[timing, scorer]).start()
     if versions is not None:
         versions.start()
 
@@ -168,6 +172,10 @@ def _arm(
         },
         "promote_to_first_v2_s": round((timing.first_v2 or 0) - promoted_at, 3),
         "warm_s": round(versions.switches[0].warm_s, 3) if versions and versions.switches else None,
+        # of warm_s, the watcher paused while the scorer was in a batch (workers/core/pacing.py)
+        "paused_s": (
+            round(versions.switches[0].paused_s, 3) if versions and versions.switches else None
+        ),
         "ratio_p99": round(p99_across / p99_before, 2),
         # where the slow requests come from: garbage collections that stopped every
         # thread, and the half-second windows whose p50 was over twice the p50 before
