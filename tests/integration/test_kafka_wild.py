@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaProducer
@@ -31,12 +32,14 @@ def stack(
         yield s
 
 
-def send(stack: KafkaStack, values: list[bytes | None], **config: object) -> None:
+def send(stack: KafkaStack, values: list[bytes | None], topic: str = "", **config: object) -> None:
     producer = KafkaProducer(**stack.client, linger_ms=50, **config)
     try:
         futures = [
             # A null key (the producer picks the partition); a tombstone needs a key.
-            producer.send(stack.requests, value=v, key=None if v else b"gone", headers=HEADERS)
+            producer.send(
+                topic or stack.requests, value=v, key=None if v else b"gone", headers=HEADERS
+            )
             for v in values
         ]
         producer.flush()
@@ -88,3 +91,37 @@ def test_a_batch_the_consumer_cannot_decode_is_dead_lettered_and_the_partition_m
     assert stack.scalar(RESULTS) == 100
     assert stack.scalar("SELECT count(*) FROM score_results WHERE request_id LIKE 'after-%'") == 50
     assert sum(p.lag for p in consumer_lag(stack.settings().kafka)) == 0
+
+
+def test_a_feedback_batch_the_consumer_cannot_decode_is_dead_lettered_and_labels_go_on(
+    stack: KafkaStack, make_topic: Any
+) -> None:
+    """The feedback thread of a consumer without zstd meets a zstd batch between two plain
+    ones: its records become dead letters naming the feedback topic, the labels after it
+    are stored, and the thread never fails and reconnects in a loop (it did)."""
+    stack.feedback = make_topic("feedback", 1)
+    send(stack, encoded("fb", 15))
+    stack.start("nozstd", "-c", NO_ZSTD, python=True)
+    wait_for(lambda: stack.scalar(RESULTS) >= 15, timeout=180, every=0.5)
+    labels = [
+        json.dumps({"request_id": f"fb-{i}", "label": "benign", "model": "demo"}).encode()
+        for i in range(15)
+    ]
+    send(stack, labels[:5], topic=stack.feedback)
+    send(stack, labels[5:10], topic=stack.feedback, compression_type="zstd")
+    send(stack, labels[10:], topic=stack.feedback)
+    wait_for(lambda: stack.scalar("SELECT count(*) FROM feedback") >= 10, timeout=120, every=0.5)
+    letters = read_topic(stack.client, stack.dlq, at_least=5)
+    assert sorted(int(dict(r.headers)[names.DLQ_HEADER_OFFSET]) for r in letters) == [5, 6, 7, 8, 9]
+    for record in letters:
+        headers = dict(record.headers)
+        assert headers[names.DLQ_HEADER_TOPIC].decode() == stack.feedback
+        assert "undecodable" in headers[names.DLQ_HEADER_REASON].decode()
+    assert stack.stop("nozstd") == 0
+    stored = stack.rows("SELECT request_id FROM feedback ORDER BY request_id")
+    assert sorted(r[0] for r in stored) == sorted(
+        [f"fb-{i}" for i in range(5)] + [f"fb-{i}" for i in range(10, 15)]
+    )
+    lags = consumer_lag(stack.settings().kafka, stack.feedback, f"{stack.group}-feedback")
+    assert sum(p.lag for p in lags) == 0
+    assert "feedback consumer failed" not in stack.log("nozstd")

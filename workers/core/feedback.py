@@ -55,7 +55,9 @@ def check_record(
     model = record.get("model") or record.get("model_name") or default_model
     if not isinstance(request_id, str) or not request_id or len(request_id) > MAX_ID:
         return None, f"request_id must be a string of 1..{MAX_ID} characters"
-    if isinstance(label, int | float):  # labels are compared as text with outputs["label"]
+    if isinstance(label, bool):  # as JSON writes it (and outputs->>'label' reads it)
+        label = "true" if label else "false"
+    elif isinstance(label, int | float):  # labels are compared as text with outputs["label"]
         label = str(label)
     if not isinstance(label, str) or not label or len(label) > MAX_LABEL:
         return (

@@ -4,7 +4,9 @@ Every Kafka consumer of scoring (`scoring stream`, `scoring worker --kafka`) run
 these threads in its own group (`<group>-feedback`), so each label is stored once per
 group whatever the number of consumers. Offsets are committed only after the poll's
 labels are in the database (an upsert: a redelivered poll changes nothing); a record
-that is not feedback goes to the dead-letter topic with the reason.
+that is not feedback goes to the dead-letter topic with the reason, and so does one that
+cannot be decoded at all (workers/sources/kafka/undecodable.py), so that it never stalls
+its partition.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from schemas.settings import Settings
 from workers.core.feedback import check_record, store_feedback
 from workers.sources.kafka.source import MAX_BACKOFF_S, dead_letter_headers
+from workers.sources.kafka.undecodable import DECODE_ERRORS, skip_undecodable
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,11 @@ class FeedbackThread:
             raise
         try:
             while not self._stop.is_set():
-                polled = consumer.poll(timeout_ms=1000)
+                try:
+                    polled = consumer.poll(timeout_ms=1000)
+                except DECODE_ERRORS as exc:
+                    self._skip_undecodable(consumer, producer, exc)
+                    continue
                 records = [r for part in polled.values() for r in part]
                 if records:
                     self._store(records, producer)
@@ -93,6 +100,22 @@ class FeedbackThread:
         finally:
             consumer.close(autocommit=False)
             producer.close(timeout=5)
+
+    def _skip_undecodable(self, consumer: Any, producer: Any, exc: Exception) -> None:
+        """Park the record the poll could not decode and commit the offset past it (the
+        failed poll returned nothing, so no other partition's position moved)."""
+        from kafka import KafkaConsumer
+
+        kafka = self.settings.kafka
+        probe = {**kafka.consumer_config(), "group_id": None, "client_id": "scoring-feedback-probe"}
+        skipped = skip_undecodable(
+            consumer, producer, kafka.dlq_topic, lambda: KafkaConsumer(**probe)
+        )
+        if skipped is None:  # not reproduced: transient, poll again
+            log.warning("a feedback poll failed to decode (%s); no partition reproduces it", exc)
+            return
+        consumer.commit()
+        self.stats.rejected += 1
 
     def _store(self, records: list[Any], producer: Any) -> None:
         """Store the poll's labels, then park every record that is not one (or whose
