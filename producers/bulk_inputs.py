@@ -30,6 +30,11 @@ SQL_FETCH_ROWS = 8192
 GLOB_CHARS = frozenset("*?[")
 
 
+class QueryFailed(ValueError):
+    """The `--from` database refused the connection or the query: a setting or the query
+    to fix (exit 2), not an input that is corrupt."""
+
+
 @dataclass(frozen=True)
 class BulkInput:
     kind: str  # csv | parquet | jsonl | dataset | sql
@@ -58,6 +63,15 @@ class BulkInput:
         if not sql.strip():
             raise ValueError("--sql needs a query")
         keep_secret(url_password(url))  # masked in every error this process shows or stores
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(url)
+        except ArgumentError:
+            raise ValueError(
+                "--from: not a database URL (dialect+driver://user:password@host/db)"
+            ) from None
         return cls("sql", sql, url)
 
     @property
@@ -164,8 +178,11 @@ def _dataset(spec: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
 
 
 def _query(sql: str, url: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """The query's rows through a server-side cursor, SQL_FETCH_ROWS at a time."""
+    """The query's rows through a server-side cursor, SQL_FETCH_ROWS at a time. A database
+    error is a ValueError naming `--from` (left as it is, it would be taken for one of
+    SCORING_DATABASE_URL, which the CLI explains as such)."""
     from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
     from schemas.db import make_engine
 
@@ -179,5 +196,9 @@ def _query(sql: str, url: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
             for rows in result.partitions(SQL_FETCH_ROWS):
                 data = {n: [row[i] for row in rows] for i, n in enumerate(names)}
                 yield _fit(pa.RecordBatch.from_pydict(data), columns)
+    except SQLAlchemyError as exc:
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise QueryFailed(f"on the --from database: {first}") from exc
     finally:
         engine.dispose()

@@ -45,9 +45,10 @@ def bulk(
 ) -> None:
     """Stream FILE (or a query's rows) into chunked requests on Redis and record a bulk run.
 
-    Exits 2 when nothing could start (no such file, an unknown model), and 1 when the run
-    failed because its input cannot be read to its end (a truncated or corrupt file): one
-    line names the input, what is wrong and how many rows went out before."""
+    Exits 2 when nothing could start (no such file, an unknown model) or the --from
+    database refused the connection or the query, and 1 when the run failed because its
+    input cannot be read to its end (a truncated or corrupt file): one line names the
+    input, what is wrong and how many rows went out before."""
     if status:
         _show_progress(status)
         return
@@ -74,7 +75,7 @@ def bulk(
         fail("give a FILE or --sql QUERY --from URL, and --model NAME (or --status / --resume)")
     if sql is not None and not from_url:
         fail("--sql needs --from URL: the database the query runs on")
-    from producers.bulk_inputs import BulkInput
+    from producers.bulk_inputs import BulkInput, QueryFailed
     from workers.runtime import registry
 
     try:
@@ -92,7 +93,9 @@ def bulk(
     try:
         run = bulk_jobs.enqueue_file(app, db, source, record, options)
     except bulk_jobs.UnreadableInput as exc:
-        fail(escape(str(exc)), code=names.EXIT_CHECK_FAILED)
+        # the --from database refused (a setting or the query to fix): 2; a corrupt input: 1
+        usage = isinstance(exc.__cause__, QueryFailed)
+        fail(escape(str(exc)), code=names.EXIT_USAGE if usage else names.EXIT_CHECK_FAILED)
     except ValueError as exc:
         fail(str(exc))
     dupes = (run.total_rows or 0) - run.enqueued_rows - run.rejected_rows

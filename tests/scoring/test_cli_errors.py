@@ -125,3 +125,26 @@ def test_an_unknown_model_is_named(args: list[str], tmp_path: Path) -> None:
     args = [str(tmp_path / "rows.jsonl") if a == "FILE" else a for a in args]
     code, out = scoring(tmp_path, *args)
     assert code == 2 and "'nope'" in one_error(out), out
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        (f"postgresql+psycopg://app:{PASSWORD}@127.0.0.1:1/x", "connection failed"),
+        ("sqlite:///OTHER", "no such table: nightly"),
+        ("not a url", "--from: not a database URL"),
+    ],
+)
+def test_a_bulk_query_names_its_own_database_not_scoring_database_url(
+    source: str, said: str, tmp_path: Path, demo_artifact: Path
+) -> None:
+    """Errors of the `--from` database were once explained as SCORING_DATABASE_URL's."""
+    code, out = scoring(tmp_path, "models", "register", "demo", str(demo_artifact))
+    assert code == 0, out
+    source = source.replace("OTHER", str(tmp_path / "other.db"))
+    code, out = scoring(
+        tmp_path, "bulk", "--sql", "SELECT * FROM nightly", "--from", source, "--model", "demo"
+    )
+    line = one_error(out)
+    assert code == 2 and said in line, out
+    assert "--from" in line and "SCORING_DATABASE_URL" not in line and "scoring.db" not in line
