@@ -32,6 +32,10 @@ from workers.sources.kafka.undecodable import DECODE_ERRORS, skip_undecodable
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+# The longest wait before polling records again that were not stored (the database was
+# down): each try already waits through the sink's own retries, and a longer wait only
+# delays the recovery once the database is back.
+MAX_RETRY_WAIT_S = 5.0
 # Poll timeout while a batch is being scored: short, so a finished batch is published soon.
 POLL_WHILE_SCORING_MS = 5
 
@@ -151,9 +155,13 @@ class StreamWorker:
         while not stop.is_set():
             self.step()
             if self._failures:
-                stop.wait(min(self.backoff_s * 2 ** (self._failures - 1), MAX_BACKOFF_S))
+                stop.wait(self.retry_wait_s())
         self.drain()
         return self.stats
+
+    def retry_wait_s(self) -> float:
+        """Seconds to wait after a step that stored nothing: doubling, up to a cap."""
+        return min(self.backoff_s * 2 ** max(self._failures - 1, 0), MAX_RETRY_WAIT_S)
 
     def step(self) -> int:
         """Poll and submit a batch, then finish (publish, commit) batches that are done.

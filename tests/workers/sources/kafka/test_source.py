@@ -24,7 +24,12 @@ from schemas.settings import Settings
 from workers.core.service import ScoringService
 from workers.sources.base import Outcome, WorkItem
 from workers.sources.kafka.runner import check_poll_budget
-from workers.sources.kafka.source import StreamTopics, StreamWorker, result_event
+from workers.sources.kafka.source import (
+    MAX_RETRY_WAIT_S,
+    StreamTopics,
+    StreamWorker,
+    result_event,
+)
 
 TOPICS = StreamTopics("req", "res", "dlq")
 
@@ -178,6 +183,22 @@ def test_a_database_outage_commits_nothing_and_the_records_come_back(make_worker
     assert worker.step() == 10  # read again from offset 0
     assert consumer.committed() == {TopicPartition("req", 0): 10}
     assert worker.stats.stored == 10 and worker.stats.rewinds == 1
+
+
+def test_the_retry_wait_doubles_up_to_5_s_and_resets_once_stored(make_worker) -> None:  # type: ignore[no-untyped-def]
+    """A long outage must not leave the consumer asleep for long after the database is back
+    (the wait used to double to 30 s)."""
+    consumer = FakeConsumer({0: payloads(0, 10)})
+    down = {"yes": True}
+    worker, _ = make_worker(consumer, lambda body: "retry" if down["yes"] else "stored")
+    waits = []
+    for _ in range(8):
+        worker.step()
+        waits.append(worker.retry_wait_s())
+    assert waits == [0.5, 1.0, 2.0, 4.0, MAX_RETRY_WAIT_S, 5.0, 5.0, 5.0]
+    down["yes"] = False
+    worker.step()
+    assert worker.stats.stored == 10 and worker.retry_wait_s() == 0.5
 
 
 def test_a_retry_mid_partition_commits_the_prefix_and_rereads_the_rest(make_worker) -> None:  # type: ignore[no-untyped-def]
