@@ -5,8 +5,10 @@ Each worker is a real process (`python -m workers.process`, what `scoring worker
 the one killed is its main process, which holds the broker connection and the messages
 it fetched, buffered (celery-batches) or is scoring. A kill lands at a uniformly random
 instant after the target is warm; the run keeps going on the other worker(s) while the
-killed one restarts. At the end every row must have exactly one result and nothing may be
-left queued or unacknowledged. The test suite runs 25 kills; the long run is 200.
+killed one restarts. When the rows are all scored before the kills have landed (a fast
+machine), another run of a quarter as many rows is sent, and the kills go on. At
+the end every row must have exactly one result and nothing may be left queued or
+unacknowledged. The test suite runs 25 kills; the long run is 200.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ class ChaosPlan:
     max_delay_s: float = 2.0  # a kill lands 0 .. max_delay_s after its target is warm
     drain_timeout_s: float = 300.0
     seed: int = 0
+
+    @property
+    def more_rows(self) -> int:
+        """Rows of each further run, when the rows run out before the kills."""
+        return max(self.rows // 4, 1)
 
 
 def run_chaos(
@@ -79,6 +86,7 @@ def _run(
 
     registry.register(engine, workdir / "store", "demo", build_artifact(workdir / "artifact"))
     data = write_csv(workdir / "rows.csv", plan.rows, seed=plan.seed)
+    more = write_csv(workdir / "more.csv", plan.more_rows, seed=plan.seed + 1)
     beats = workdir / "beats"
     beats.mkdir()
     env = {
@@ -102,13 +110,8 @@ def _run(
         for name in names:
             procs.start(name)
         wait(lambda: all(procs.heartbeat(n) for n in names), 180, "workers warm")
-        bulk = subprocess.Popen(
-            [sys.executable, "-m", "scoring.cli", "bulk", str(data), "--model", "demo"]
-            + ["--chunk-size", str(plan.chunk_size)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        bulks = [_bulk(data, plan, env)]
+        target = plan.rows  # results once every run so far is scored
         started = time.monotonic()
         pending: dict[str, dict[str, float]] = {}
         while len(kills) < plan.kills:
@@ -118,14 +121,20 @@ def _run(
             # lands on messages its target fetched, buffered or is scoring, and the run
             # never has all its workers down at once.
             wait(
-                lambda: all(_consuming(procs, n, engine, plan) for n in names),
+                lambda t=target: all(_consuming(procs, n, engine, t) for n in names),
                 180,
                 "workers consuming",
             )
             time.sleep(rng.uniform(0, plan.max_delay_s))
-            if _count(engine) >= plan.rows:
-                log(f"the run finished after {len(kills)} kills")
-                break
+            if _count(engine) >= target:
+                # The rows ran out before the kills (a fast machine): another run of a
+                # quarter as many rows, and the next kill once it is being scored.
+                log(f"the rows ran out after {len(kills)} kills: another run")
+                _finished(bulks[-1])
+                bulks.append(_bulk(more, plan, env))
+                wait(lambda t=target: _count(engine) > t, 180, "the next run scoring")
+                target += plan.more_rows
+                continue
             procs.procs[name].send_signal(signal.SIGKILL)
             procs.procs[name].wait(30)
             kill = {
@@ -141,22 +150,37 @@ def _run(
                     f"{len(kills)} kills at {kill['at']:.0f}s: {int(kill['stored_at_kill'])} stored"
                 )
         last_kill = time.monotonic()
-        out, _ = bulk.communicate(timeout=600)
-        if bulk.returncode != 0:
-            raise RuntimeError(f"scoring bulk failed: {out.decode(errors='replace')[-2000:]}")
-        wait(lambda: _count(engine) >= plan.rows, plan.drain_timeout_s, "every row stored")
+        _finished(bulks[-1])
+        wait(lambda: _count(engine) >= target, plan.drain_timeout_s, "every row stored")
         drain_s = time.monotonic() - last_kill
         wait(lambda: not busy(broker_url, queue), 60, "queues empty")
         settle(procs, pending, wait_s=60)
         elapsed = time.monotonic() - started
     finally:
         procs.stop_all()
-    return _report(plan, engine, broker_url, queue, dlq, kills, drain_s, elapsed)
+    return _report(plan, engine, broker_url, queue, dlq, kills, drain_s, elapsed, len(bulks))
 
 
-def _consuming(procs: Procs, name: str, engine: Any, plan: ChaosPlan) -> bool:
+def _bulk(data: Path, plan: ChaosPlan, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`scoring bulk` of a whole file, as a new run."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "scoring.cli", "bulk", str(data), "--model", "demo"]
+        + ["--chunk-size", str(plan.chunk_size)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _finished(bulk: subprocess.Popen[bytes]) -> None:
+    out, _ = bulk.communicate(timeout=600)
+    if bulk.returncode != 0:
+        raise RuntimeError(f"scoring bulk failed: {out.decode(errors='replace')[-2000:]}")
+
+
+def _consuming(procs: Procs, name: str, engine: Any, target: int) -> bool:
     beat = procs.heartbeat(name)
-    return bool(beat and beat.get("batches", 0) > 0) or _count(engine) >= plan.rows
+    return bool(beat and beat.get("batches", 0) > 0) or _count(engine) >= target
 
 
 def _report(
@@ -168,6 +192,7 @@ def _report(
     kills: list[dict[str, float]],
     drain_s: float,
     elapsed: float,
+    runs: int,
 ) -> dict[str, Any]:
     from sqlalchemy import text
 
@@ -184,6 +209,7 @@ def _report(
         "machine": cpu_info(),
         "plan": asdict(plan),
         "kills": len(kills),
+        "runs": runs,  # bulk runs of the file: another starts when the rows run out first
         "rows_in": int(enqueued or 0),
         "results_out": int(rows),
         "lost": int(enqueued or 0) - int(distinct),
