@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from schemas.settings import Settings
 from workers.core.feedback import check_record, store_feedback
 from workers.sources.kafka.source import MAX_BACKOFF_S, dead_letter_headers
-from workers.sources.kafka.undecodable import DECODE_ERRORS, skip_undecodable
+from workers.sources.kafka.undecodable import DECODE_ERRORS, probe_factory, skip_undecodable
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,9 @@ class FeedbackThread:
     def _skip_undecodable(self, consumer: Any, producer: Any, exc: Exception) -> None:
         """Park the record the poll could not decode and commit the offset past it (the
         failed poll returned nothing, so no other partition's position moved)."""
-        from kafka import KafkaConsumer
-
         kafka = self.settings.kafka
-        probe = {**kafka.consumer_config(), "group_id": None, "client_id": "scoring-feedback-probe"}
-        skipped = skip_undecodable(
-            consumer, producer, kafka.dlq_topic, lambda: KafkaConsumer(**probe)
-        )
+        probe = probe_factory(kafka, "scoring-feedback-probe")
+        skipped = skip_undecodable(consumer, producer, kafka.dlq_topic, probe)
         if skipped is None:  # not reproduced: transient, poll again
             log.warning("a feedback poll failed to decode (%s); no partition reproduces it", exc)
             return

@@ -16,6 +16,7 @@ from schemas.settings import Settings
 from workers.sources.base import Scorer
 from workers.sources.kafka.feedback import FeedbackThread
 from workers.sources.kafka.source import MAX_BACKOFF_S, StreamStats, StreamTopics, StreamWorker
+from workers.sources.kafka.undecodable import probe_factory
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,7 @@ def open_worker(
         topics or StreamTopics.from_settings(kafka),
         max_poll_interval_ms=kafka.max_poll_interval_ms,
         backoff_s=settings.database.retry_backoff_s,
-        probe_factory=lambda: KafkaConsumer(
-            **{**kafka.consumer_config(), "group_id": None, "client_id": "scoring-probe"}
-        ),
+        probe_factory=probe_factory(kafka, "scoring-probe"),
     )
     worker.subscribe()
     return worker

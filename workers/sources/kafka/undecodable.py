@@ -19,11 +19,20 @@ from typing import Any
 from kafka.errors import CorruptRecordError, UnsupportedCodecError
 
 from schemas import names
+from schemas.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 DECODE_ERRORS = (UnsupportedCodecError, CorruptRecordError)
 PROBE_POLL_MS = 5000
+
+
+def probe_factory(kafka: KafkaSettings, client_id: str) -> Callable[[], Any]:
+    """Makes the group-less consumer `find_undecodable` reads one record with."""
+    from kafka import KafkaConsumer
+
+    config = {**kafka.consumer_config(), "group_id": None, "client_id": client_id}
+    return lambda: KafkaConsumer(**config)
 
 
 def find_undecodable(
