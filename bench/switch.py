@@ -42,9 +42,11 @@ def command(
     from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
     from bench.machine import cpu_info
+    from workers.runtime.heap import freeze_imported_heap
     from workers.runtime.models.demo.build import build_artifact
 
     torch.set_num_threads(torch_threads)
+    freeze_imported_heap()  # what a worker process does before it loads any model
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         artifacts = (build_artifact(root / "a1", seed=0), build_artifact(root / "a2", seed=1))
@@ -96,12 +98,10 @@ def _arm(
     from workers.core.sink import ResultSink
     from workers.core.switch import VersionWatcher
     from workers.runtime import registry
-    from workers.runtime.heap import freeze_imported_heap
     from workers.runtime.loaded import ModelCache
     from workers.runtime.models.demo.build import sample_rows
     from workers.sources.base import WorkItem
 
-    freeze_imported_heap()  # what a worker does before loading models (once a process)
     root.mkdir(parents=True)
     url = f"sqlite:///{root / 'scoring.db'}"
     upgrade(url)

@@ -35,6 +35,8 @@ class ScorerActivity:
 
     def __init__(self) -> None:
         self.batches = 0  # batches begun, to wait once per batch
+        # read by the profile function on every call the warming thread makes: a plain
+        # attribute, not the Event's is_set()
         self.busy = False
         self._idle = threading.Event()
         self._idle.set()

@@ -39,27 +39,25 @@ _lock = threading.Lock()
 _frozen = False
 
 
-def freeze_imported_heap(preload_compiler: bool = True) -> int:
-    """Import the compiler (with `preload_compiler`), collect, then freeze the heap.
+def freeze_imported_heap() -> int:
+    """Import the compiler, collect, then freeze the heap.
 
     Returns how many objects were frozen; 0 when this process froze its heap before (the
-    first call wins, later ones do nothing). Blocks for one full collection and, with
-    `preload_compiler`, the compiler's import (about 1.3 s on a 2-core machine). A
-    compiler that fails to import is logged and left to fail where a compiled backend
-    is asked for.
+    first call wins, later ones do nothing). Blocks for the compiler's import and one full
+    collection (about 1.5 s on a 2-core machine). A compiler that fails to import is
+    logged and left to fail where a compiled backend is asked for.
     """
     global _frozen
     with _lock:
         if _frozen:
             return 0
         began = time.perf_counter()
-        if preload_compiler:
-            for module in COMPILER_MODULES:
-                try:
-                    importlib.import_module(module)
-                except Exception as exc:  # noqa: BLE001 - compiled backends will say why
-                    log.warning("could not preload %s (%s: %s)", module, type(exc).__name__, exc)
-                    break
+        for module in COMPILER_MODULES:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # noqa: BLE001 - compiled backends will say why
+                log.warning("could not preload %s (%s: %s)", module, type(exc).__name__, exc)
+                break
         gc.collect()
         gc.freeze()
         # unfrozen again at exit, so that the interpreter's last collections see the heap
