@@ -237,19 +237,15 @@ def test_workers_and_the_bulk_producer_follow_a_failover_and_lost_chunks_come_ba
     # 512, in whole chunks), each chunk complete before a chunk published again was scored
     assert len(held) <= 2 * math.ceil(512 / CHUNK)
     if held:
-        finished = scalar(engine, _last_scored(held))
-        republished_from = scalar(engine, _first_scored(republished))
+        finished = scalar(engine, _scored_at("max", held))
+        republished_from = scalar(engine, _scored_at("min", republished))
         assert finished < republished_from, (held, finished, republished_from)
 
 
-def _last_scored(seqs: set[int]) -> str:
+def _scored_at(first_or_last: str, seqs: set[int]) -> str:
+    """SQL for the min or max scored_at of the results of chunks `seqs`."""
     listed = ",".join(str(int(seq)) for seq in seqs)
-    return f"SELECT max(scored_at) FROM score_results WHERE bulk_chunk IN ({listed})"
-
-
-def _first_scored(seqs: set[int]) -> str:
-    listed = ",".join(str(int(seq)) for seq in seqs)
-    return f"SELECT min(scored_at) FROM score_results WHERE bulk_chunk IN ({listed})"
+    return f"SELECT {first_or_last}(scored_at) FROM score_results WHERE bulk_chunk IN ({listed})"
 
 
 def scalars(engine: Engine, sql: str) -> list[Any]:
