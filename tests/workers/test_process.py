@@ -51,3 +51,18 @@ def test_a_version_that_cannot_warm_up_stops_the_process_with_the_fix(
             process.start()
     finally:
         process.close()
+
+
+def test_the_version_watcher_gives_way_to_this_process_scorer(
+    make_settings, sqlite_url: str
+) -> None:
+    """Promotions warm up paced by the scorer's own batches (workers/core/pacing.py): the
+    watcher's activity signal is one of the scorer's batch hooks."""
+    from workers.core.context import build_context
+
+    context = build_context(make_settings(database={"url": sqlite_url}), lambda item: None, "t")
+    try:
+        assert context.watcher is not None and context.watcher.scorer is not None
+        assert context.watcher.scorer in context.service.hooks
+    finally:
+        context.close()
