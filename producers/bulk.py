@@ -17,7 +17,7 @@ from celery import Celery
 from sqlalchemy import Engine, func, select
 from sqlmodel import col
 
-from producers.bulk_inputs import BulkInput
+from producers.bulk_inputs import BulkInput, QueryFailed
 from producers.bulk_ledger import Ledger, describe_chunks, incomplete_chunks, mark_republished
 from producers.bulk_messages import BulkOptions, numbered_messages
 from producers.redis_producer import FAILOVER_RETRY_POLICY, RedisProducer
@@ -37,6 +37,12 @@ READ_ERRORS = (pa.ArrowException, OSError, ValueError, csv.Error)
 class UnreadableInput(ValueError):
     """The input cannot be read to its end (a truncated or corrupt Parquet file, a CSV
     that is not UTF-8): the run is marked failed with this message as its error."""
+
+    @property
+    def refused_by_database(self) -> bool:
+        """The `--from` database refused the connection or the query: a setting or the
+        query to fix, not a corrupt input (the cause is kept through the re-raise)."""
+        return isinstance(self.__cause__, QueryFailed)
 
 
 def enqueue_file(

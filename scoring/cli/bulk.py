@@ -75,7 +75,7 @@ def bulk(
         fail("give a FILE or --sql QUERY --from URL, and --model NAME (or --status / --resume)")
     if sql is not None and not from_url:
         fail("--sql needs --from URL: the database the query runs on")
-    from producers.bulk_inputs import BulkInput, QueryFailed
+    from producers.bulk_inputs import BulkInput
     from workers.runtime import registry
 
     try:
@@ -93,8 +93,7 @@ def bulk(
     try:
         run = bulk_jobs.enqueue_file(app, db, source, record, options)
     except bulk_jobs.UnreadableInput as exc:
-        # the --from database refused (a setting or the query to fix): 2; a corrupt input: 1
-        usage = isinstance(exc.__cause__, QueryFailed)
+        usage = exc.refused_by_database  # a setting or the query to fix: 2; corrupt input: 1
         fail(escape(str(exc)), code=names.EXIT_USAGE if usage else names.EXIT_CHECK_FAILED)
     except ValueError as exc:
         fail(str(exc))
