@@ -34,10 +34,9 @@ from schemas.wire import (
     parse_payload,
 )
 from workers.core.chunks import CheckedChunk, RowChunk, check_chunk
-from workers.core.input_digest import chunk_digests, chunk_inputs, digest, storable
 from workers.core.model_calls import score_columns, score_rows, short_error
 from workers.core.oom import BatchLimits, Fit
-from workers.core.result_rows import metric_row, ms_between, result_row
+from workers.core.result_rows import chunk_rows, metric_row, ms_between, request_row
 from workers.core.sink import ResultSink, SinkUnavailable
 from workers.core.switch import Switch, VersionWatcher
 from workers.hooks import BatchReport
@@ -353,51 +352,6 @@ class ScoringPipeline:
             start = stop
         return metrics
 
-    def _chunk_rows(
-        self,
-        item: WorkItem,
-        checked: CheckedChunk,
-        model: LoadedModel,
-        indices: Any,
-        status: str,
-        *,
-        error: str | None = None,
-        scored: list[tuple[dict[str, Any] | None, str | None]] | None = None,
-        batch_id: str | None = None,
-        began: datetime | None = None,
-        inference_ms: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """Result rows for rows `indices` of a chunk: with `scored` (outputs or a model
-        error, in the same order) for scored rows, else `status` with `error`."""
-        if scored is None:
-            scored = [(None, error)] * len(indices)
-        # One row built in full, then copied per request: the lineage is the chunk's own.
-        shared = self._result(
-            item, "", None, model, status, batch_id=batch_id, began=began, inference_ms=inference_ms
-        )
-        out = []
-        digests = chunk_digests(item.payload.rows, checked, model.input_schema)
-        kept = (
-            chunk_inputs(item.payload.rows, model.input_schema, indices)
-            if self.config.retain_inputs
-            else [None] * len(indices)
-        )
-        for index, (outputs, problem), sent in zip(indices, scored, kept, strict=True):
-            label = checked.labels[index]
-            out.append(
-                {
-                    **shared,
-                    "request_id": checked.ids[index],
-                    "inputs_sha256": digests[index],
-                    "inputs": storable(sent),
-                    "metadata": {"label": label} if label is not None else None,
-                    "outputs": outputs,
-                    "error": problem,
-                    "status": c.STATUS_ERROR if status == c.STATUS_OK and problem else status,
-                }
-            )
-        return out
-
     def _run_chunk(
         self, model: LoadedModel, chunk: list[Scored], rows: list[dict[str, Any]]
     ) -> dict[str, Any]:
@@ -433,39 +387,24 @@ class ScoringPipeline:
         self, item: WorkItem, request: ScoreRequest, model: LoadedModel, status: str, **fields: Any
     ) -> dict[str, Any]:
         """The result row of a single request; sources that publish results read item.result."""
-        inputs = request.inputs
-        item.result = self._result(
-            item,
-            request.request_id,
-            request.metadata or None,
-            model,
-            status,
-            inputs_sha256=digest(inputs, model.input_schema),
-            inputs=storable(inputs) if self.config.retain_inputs else None,
-            **fields,
+        config = self.config
+        item.result = request_row(
+            item, request, model, status, config.worker, config.retain_inputs, **fields
         )
         return item.result
 
-    def _result(
+    def _chunk_rows(
         self,
         item: WorkItem,
-        request_id: str,
-        metadata: dict[str, Any] | None,
+        checked: CheckedChunk,
         model: LoadedModel,
+        indices: Any,
         status: str,
         **fields: Any,
-    ) -> dict[str, Any]:
-        return result_row(
-            request_id=request_id,
-            metadata=metadata,
-            model=model,
-            status=status,
-            worker=self.config.worker,
-            source=item.source,
-            bulk_run_id=item.bulk_run_id,
-            bulk_chunk=item.bulk_chunk,
-            enqueued_at=item.enqueued_at,
-            **fields,
+    ) -> list[dict[str, Any]]:
+        config = self.config
+        return chunk_rows(
+            item, checked, model, indices, status, config.worker, config.retain_inputs, **fields
         )
 
 

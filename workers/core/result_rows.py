@@ -1,13 +1,19 @@
-"""The rows a scored batch writes: one `score_results` row per request, with its lineage,
-and one `batch_metrics` row per model call."""
+"""The rows a scored batch writes: one `score_results` row per request (of a single
+request, or of each row of a bulk chunk), with its lineage, and one `batch_metrics` row
+per model call."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
+from schemas import names as c
 from schemas.tables import utcnow
+from schemas.wire import ScoreRequest
+from workers.core.chunks import CheckedChunk
+from workers.core.input_digest import chunk_digests, chunk_inputs, digest, storable
 from workers.runtime.loaded import LoadedModel
+from workers.sources.base import WorkItem
 
 
 def result_row(
@@ -54,6 +60,103 @@ def result_row(
         "device": model.device,
         "worker": worker,
     }
+
+
+def request_row(
+    item: WorkItem,
+    request: ScoreRequest,
+    model: LoadedModel,
+    status: str,
+    worker: str,
+    retain_inputs: bool,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The result row of a single request (its inputs kept only with `retain_inputs`)."""
+    inputs = request.inputs
+    return item_row(
+        item,
+        worker,
+        request.request_id,
+        request.metadata or None,
+        model,
+        status,
+        inputs_sha256=digest(inputs, model.input_schema),
+        inputs=storable(inputs) if retain_inputs else None,
+        **fields,
+    )
+
+
+def chunk_rows(
+    item: WorkItem,
+    checked: CheckedChunk,
+    model: LoadedModel,
+    indices: Any,
+    status: str,
+    worker: str,
+    retain_inputs: bool,
+    *,
+    error: str | None = None,
+    scored: list[tuple[dict[str, Any] | None, str | None]] | None = None,
+    batch_id: str | None = None,
+    began: datetime | None = None,
+    inference_ms: float | None = None,
+) -> list[dict[str, Any]]:
+    """Result rows for rows `indices` of a chunk: with `scored` (outputs or a model
+    error, in the same order) for scored rows, else `status` with `error`."""
+    if scored is None:
+        scored = [(None, error)] * len(indices)
+    # One row built in full, then copied per request: the lineage is the chunk's own.
+    shared = item_row(
+        item, worker, "", None, model, status, batch_id=batch_id, began=began,
+        inference_ms=inference_ms,
+    )  # fmt: skip
+    out = []
+    digests = chunk_digests(item.payload.rows, checked, model.input_schema)
+    kept = (
+        chunk_inputs(item.payload.rows, model.input_schema, indices)
+        if retain_inputs
+        else [None] * len(indices)
+    )
+    for index, (outputs, problem), sent in zip(indices, scored, kept, strict=True):
+        label = checked.labels[index]
+        out.append(
+            {
+                **shared,
+                "request_id": checked.ids[index],
+                "inputs_sha256": digests[index],
+                "inputs": storable(sent),
+                "metadata": {"label": label} if label is not None else None,
+                "outputs": outputs,
+                "error": problem,
+                "status": c.STATUS_ERROR if status == c.STATUS_OK and problem else status,
+            }
+        )
+    return out
+
+
+def item_row(
+    item: WorkItem,
+    worker: str,
+    request_id: str,
+    metadata: dict[str, Any] | None,
+    model: LoadedModel,
+    status: str,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A result row with the lineage `item` carries (source, bulk run and chunk, when it
+    was enqueued)."""
+    return result_row(
+        request_id=request_id,
+        metadata=metadata,
+        model=model,
+        status=status,
+        worker=worker,
+        source=item.source,
+        bulk_run_id=item.bulk_run_id,
+        bulk_chunk=item.bulk_chunk,
+        enqueued_at=item.enqueued_at,
+        **fields,
+    )
 
 
 def metric_row(
