@@ -14,15 +14,9 @@ import torch
 from schemas.tables import ModelVersion
 from workers.runtime import trace_guard
 from workers.runtime.artifacts import load_checked
-from workers.runtime.backends import (
-    COMPILED,
-    TRT_DIR,
-    TensorRTTarget,
-    apply_backend,
-    bucket_for,
-    buckets,
-)
+from workers.runtime.backends import COMPILED, apply_backend, bucket_for, buckets
 from workers.runtime.models import Architecture, get_architecture
+from workers.runtime.tensorrt import TRT_DIR, TensorRTTarget
 
 
 @dataclass

@@ -15,18 +15,20 @@ from workers.runtime import registry
 from workers.runtime.backends import (
     BackendUnavailable,
     bucket_for,
-    build_tensorrt_runner,
     check_backend,
     cpu_has_bf16,
     quantizable_linears,
+)
+from workers.runtime.loaded import load_model, tensorrt_target
+from workers.runtime.models import get_architecture
+from workers.runtime.quality import Thresholds, held_out, judge, predict_all, validate
+from workers.runtime.tensorrt import (
+    build_tensorrt_runner,
     trt_compile_settings,
     trt_dynamic_shapes,
     trt_engine_key,
     trt_input_specs,
 )
-from workers.runtime.loaded import load_model, tensorrt_target
-from workers.runtime.models import get_architecture
-from workers.runtime.quality import Thresholds, held_out, judge, predict_all, validate
 
 
 @pytest.fixture
